@@ -1,0 +1,58 @@
+"""The interface every change-detection network in the zoo implements."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class ChangeModel(nn.Module):
+    """A bi-temporal change-detection network.
+
+    ``forward(x1, x2)`` takes two normalised ``[B, 3, H, W]`` images and returns raw logits
+    ``[B, C, h, w]`` at the head's native resolution (the training module resizes them for the
+    loss and the prediction). ``C`` is :attr:`out_channels`: 2 for (unchanged, changed) logits
+    trained with cross-entropy, 1 for a single change logit trained with BCE.
+
+    Subclasses that carry training-only auxiliary heads build them only when constructed with
+    ``aux_heads=True`` and return them from :meth:`forward_with_aux`, so the parameter count of
+    a default-built model is the inference network's.
+    """
+
+    out_channels: int = 2
+    #: Architecture family shown in the model-zoo table: "cnn", "transformer" or "foundation".
+    family: ClassVar[str] = "cnn"
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_with_aux(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Main logits plus the logits of any auxiliary (deep-supervision) heads."""
+        return self(x1, x2), []
+
+    def change_logit(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-odds of change ``[B, 1, h, w]``: positive means "changed".
+
+        For a 2-channel head this is ``logit_changed - logit_unchanged`` (so thresholding at 0
+        equals the argmax, ties going to "unchanged"); for a 1-channel head it is the logit.
+        """
+        if logits.shape[1] == 2:
+            return logits[:, 1:2] - logits[:, 0:1]
+        return logits
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Binary change map ``[B, h, w]`` (bool) from the head's logits."""
+        return self.change_logit(logits)[:, 0] > 0
+
+    @classmethod
+    def config_for_weights(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Constructor overrides needed to load ``state_dict`` (e.g. an authors' release format)."""
+        return {}
+
+    def convert_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map a foreign checkpoint's keys onto this model's; identity for our own format."""
+        return state_dict

@@ -1,0 +1,112 @@
+"""Model registry: ``create_model(name, **overrides)`` and ``list_models()``.
+
+Each registered name maps to a :class:`~cdkd.models.base.ChangeModel` subclass plus default
+constructor arguments, so one class can back several sizes (``changer_b0``/``changer_b1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from cdkd.models.base import ChangeModel
+
+M = TypeVar("M", bound=type[ChangeModel])
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its class and the constructor defaults of this name."""
+
+    name: str
+    cls: type[ChangeModel]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, **defaults: Any) -> Callable[[M], M]:
+    """Class decorator registering ``cls`` under ``name`` with constructor ``defaults``."""
+
+    def wrap(cls: M) -> M:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is registered twice")
+        _REGISTRY[name] = ModelEntry(name, cls, dict(defaults))
+        return cls
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    _import_zoo()
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``, with a helpful error for unknown names."""
+    _import_zoo()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a plain ``.pth``/``.pt`` file or a cdkd/Lightning checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+        prefix = "model."
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: does not contain a state dict of tensors")
+    return obj
+
+
+def create_model(
+    name: str, weights: str | Path | None = None, pretrained: bool = False, **overrides: Any
+) -> ChangeModel:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        weights: optional local checkpoint to load (our own format, a Lightning checkpoint, or
+            a release format the model class knows how to convert).
+        pretrained: load the backbone's ImageNet (or foundation-model) weights through timm/smp;
+            this needs a network connection, so it is off by default.
+        **overrides: constructor arguments replacing the registered defaults.
+    """
+    entry = get_entry(name)
+    state = read_state_dict(weights) if weights is not None else None
+    kwargs = dict(entry.defaults)
+    if state is not None:
+        kwargs.update(entry.cls.config_for_weights(state))
+    kwargs.update(overrides)
+    model = entry.cls(pretrained=pretrained, **kwargs)
+    if state is not None:
+        converted = model.convert_state_dict(state)
+        try:
+            model.load_state_dict(converted, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(f"{weights}: weights do not fit model '{name}': {first}") from exc
+    return model
+
+
+def _import_zoo() -> None:
+    """Import the modules that register models (idempotent)."""
+    import cdkd.models.zoo  # noqa: F401
