@@ -1,0 +1,1 @@
+"""Running trained models: dataset evaluation and prediction on image folders."""

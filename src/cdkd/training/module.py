@@ -1,0 +1,117 @@
+"""LightningModule for supervised stages: the baseline M_O and the CAR-partition teachers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+
+from cdkd.metrics import ChangeMetrics
+from cdkd.models import ChangeModel, create_model
+from cdkd.training.losses import TaskLoss, resize_logits
+from cdkd.training.schedule import warmup_decay
+
+
+class ChangeDetectionModule(L.LightningModule):
+    """Trains one change model with its task loss and validates with the paper's metrics.
+
+    Only plain values are stored as hyper-parameters (never modules), so a checkpoint can be
+    reloaded with :meth:`load_from_checkpoint` or read by ``create_model(name, weights=ckpt)``.
+
+    Args:
+        model: registry name of the network.
+        model_kwargs: constructor overrides for :func:`cdkd.models.create_model`.
+        weights: optional checkpoint loaded into the network before training.
+        pretrained: load the backbone's ImageNet weights (needs network).
+        loss: ``ce`` (2-channel) or ``bce`` (1-channel).
+        optimizer: AdamW settings ``lr``, ``weight_decay``, ``betas``.
+        scheduler: decay after the warm-up, ``linear`` or ``cosine``.
+        max_steps: optimizer steps of the whole run (the schedule reaches 0 there).
+        warmup_steps: linear warm-up length.
+        warmup_start_lr: learning rate at step 0.
+        empty_policy: per-image metric rule for absent classes (see :class:`ChangeMetrics`).
+        meta: provenance recorded in the checkpoint (stage, data, normalisation, partition).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        model_kwargs: Mapping[str, Any] | None = None,
+        weights: str | None = None,
+        pretrained: bool = False,
+        loss: str = "ce",
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: str = "linear",
+        max_steps: int = 200_000,
+        warmup_steps: int = 1000,
+        warmup_start_lr: float = 1e-6,
+        empty_policy: str = "one",
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net: ChangeModel = create_model(
+            model, weights=weights, pretrained=pretrained, **dict(model_kwargs or {})
+        )
+        self.criterion = TaskLoss(loss)
+        if self.criterion.out_channels != self.net.out_channels:
+            raise ValueError(
+                f"loss '{loss}' expects {self.criterion.out_channels} logit channel(s) but model "
+                f"'{model}' has {self.net.out_channels}"
+            )
+        self.val_metrics = ChangeMetrics(empty_policy=empty_policy)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return self.net(x1, x2)
+
+    def task_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task loss of a batch (main head plus any auxiliary heads) and the main logits."""
+        logits, aux = self.net.forward_with_aux(batch["image1"], batch["image2"])
+        loss = self.criterion(logits, batch["mask"])
+        for aux_logits in aux:
+            loss = loss + self.criterion(aux_logits, batch["mask"])
+        return loss, logits
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.task_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["mask"].shape[0])
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        logits = self(batch["image1"], batch["image2"])
+        logits = resize_logits(logits, tuple(batch["mask"].shape[-2:]))
+        self.val_metrics.update(self.net.predict(logits), batch["mask"])
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.val_metrics.compute()
+        self.val_metrics.reset()
+        per_image, pooled = result["per_image"], result["pooled"]
+        logs = {f"val/{k}": v for k, v in per_image.items() if k.startswith("m")}
+        logs.update({f"val/pooled_{k}": v for k, v in pooled.items() if k.startswith("m")})
+        self.log("val/mIoU", logs.pop("val/mIoU"), prog_bar=True)
+        self.log_dict(logs)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = dict(self.hparams.optimizer or {})
+        lr = float(opt_cfg.get("lr", 1e-3))
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=lr,
+            betas=tuple(opt_cfg.get("betas", (0.9, 0.99))),
+            weight_decay=float(opt_cfg.get("weight_decay", 0.01)),
+        )
+        factor = warmup_decay(
+            lr,
+            self.hparams.max_steps,
+            self.hparams.warmup_steps,
+            self.hparams.warmup_start_lr,
+            self.hparams.scheduler,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,127 @@
+"""The training entry: compose data, module, callbacks, loggers and trainer from a Hydra config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cdkd.errors import ConfigError
+from cdkd.files import write_text_atomic
+from cdkd.inference.evaluate import evaluate
+from cdkd.partition import PartitionScheme
+from cdkd.training.checkpoints import load_network
+from cdkd.training.module import ChangeDetectionModule
+
+EMPTY_POLICIES = ("one", "zero", "skip")
+
+
+def partition_scheme(cfg: DictConfig) -> PartitionScheme:
+    """The configured CAR partition, validated (thresholds in order, bucket names)."""
+    part = cfg.partition
+    try:
+        return PartitionScheme.create(part.name, list(part.thresholds), list(part.buckets))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject inconsistent settings before any data is read."""
+    if cfg.empty_policy not in EMPTY_POLICIES:
+        raise ConfigError(f"empty_policy '{cfg.empty_policy}' must be one of {EMPTY_POLICIES}")
+    scheme = partition_scheme(cfg)
+    if cfg.stage.bucket is not None:
+        try:
+            scheme.index(cfg.stage.bucket)
+        except ValueError as exc:
+            raise ConfigError(f"stage '{cfg.stage.name}': {exc}") from exc
+    for key in ("max_steps", "warmup_steps", "val_every"):
+        if int(cfg.schedule[key]) < (1 if key != "warmup_steps" else 0):
+            raise ConfigError(f"schedule.{key} = {cfg.schedule[key]} is out of range")
+
+
+def uses_gpu(cfg: DictConfig) -> bool:
+    """Whether the configured trainer will run on a CUDA device."""
+    return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+
+
+def resolve_precision(cfg: DictConfig) -> str:
+    """``auto`` precision: bf16 mixed precision on CUDA, full precision elsewhere."""
+    precision = str(cfg.trainer.precision)
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if uses_gpu(cfg) else "32-true"
+
+
+def build_module(cfg: DictConfig, max_steps: int) -> ChangeDetectionModule:
+    """The LightningModule of a supervised stage, with provenance recorded in its hparams."""
+    model = cfg.model
+    meta = {
+        "stage": cfg.stage.name,
+        "bucket": cfg.stage.bucket,
+        "data": cfg.data.name,
+        "normalize": OmegaConf.to_container(model.normalize, resolve=True),
+        "partition": OmegaConf.to_container(cfg.partition, resolve=True),
+    }
+    return ChangeDetectionModule(
+        model=model.name,
+        model_kwargs=OmegaConf.to_container(model.kwargs, resolve=True),
+        weights=model.weights,
+        pretrained=bool(model.pretrained),
+        loss=model.loss,
+        optimizer=OmegaConf.to_container(model.optimizer, resolve=True),
+        scheduler=model.scheduler,
+        max_steps=max_steps,
+        warmup_steps=int(cfg.schedule.warmup_steps),
+        empty_policy=cfg.empty_policy,
+        meta=meta,
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one stage as configured; returns the best validation metrics (and test, if run)."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    datamodule = instantiate(cfg.data)
+    max_steps = int(cfg.schedule.max_steps)
+    module = build_module(cfg, max_steps)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        max_steps=max_steps,
+        val_check_interval=min(int(cfg.schedule.val_every), max_steps),
+        precision=resolve_precision(cfg),
+        callbacks=callbacks,
+        logger=loggers or False,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    ckpt_cb = trainer.checkpoint_callback
+    best_path = getattr(ckpt_cb, "best_model_path", "") or ""
+    best_score = getattr(ckpt_cb, "best_model_score", None)
+    results: dict[str, Any] = {
+        "val/mIoU": float(best_score) if best_score is not None else float("nan"),
+        "best_checkpoint": best_path,
+    }
+    if cfg.test_after_fit and best_path and trainer.is_global_zero:
+        net = load_network(best_path, expected_model=cfg.model.name)
+        datamodule.setup("test")
+        test = evaluate(
+            net,
+            datamodule.dataloader("test"),
+            run_dir,
+            device="cuda" if uses_gpu(cfg) else "cpu",
+            empty_policy=cfg.empty_policy,
+            extra={"split": "test", "checkpoint": str(best_path)},
+        )
+        results["test/mIoU"] = test["per_image"]["mIoU"]
+    return results
