@@ -1,0 +1,70 @@
+"""Learning-rate schedule, task losses and sliding-window inference."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cdkd.inference.sliding import sliding_window_logits, window_starts
+from cdkd.models import ChangeModel
+from cdkd.training.losses import TaskLoss
+from cdkd.training.schedule import warmup_decay
+
+
+def test_warmup_starts_at_absolute_lr_and_decays_to_zero() -> None:
+    lr = 1e-3
+    f = warmup_decay(lr, max_steps=1000, warmup_steps=100, warmup_start_lr=1e-6)
+    assert f(0) * lr == pytest.approx(1e-6)
+    assert f(50) * lr == pytest.approx(1e-6 + (lr - 1e-6) * 0.5)
+    assert f(100) == pytest.approx(1.0)
+    assert f(550) == pytest.approx(0.5)
+    assert f(1000) == 0.0
+    assert f(5000) == 0.0
+
+
+def test_cosine_decay_halfway() -> None:
+    f = warmup_decay(1e-3, max_steps=300, warmup_steps=100, decay="cosine")
+    assert f(200) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(300) == pytest.approx(0.0)
+
+
+def test_ce_loss_ignores_padding_and_resizes() -> None:
+    logits = torch.randn(2, 2, 4, 4)
+    mask = torch.randint(0, 2, (2, 8, 8))
+    mask[:, :4] = 255
+    loss = TaskLoss("ce")(logits, mask)
+    up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(up[:, :, 4:], mask[:, 4:])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_bce_loss_averages_valid_pixels_only() -> None:
+    logits = torch.zeros(1, 1, 2, 2)
+    mask = torch.tensor([[[1, 0], [255, 255]]])
+    assert TaskLoss("bce")(logits, mask).item() == pytest.approx(math.log(2))
+
+
+class _Local(ChangeModel):
+    """A pointwise model: its output at a pixel depends only on that pixel's inputs."""
+
+    out_channels = 2
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        d = (x1 - x2).sum(1, keepdim=True)
+        return torch.cat([-d, d], 1)
+
+
+def test_window_starts_cover_the_edge() -> None:
+    assert window_starts(100, 40, 30) == [0, 30, 60]
+    assert window_starts(40, 64, 32) == [0]
+
+
+def test_sliding_window_equals_whole_image_for_pointwise_model() -> None:
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(1, 3, 70, 90), torch.randn(1, 3, 70, 90)
+    model = _Local()
+    whole = sliding_window_logits(model, x1, x2, tile=128, overlap=16)
+    tiled = sliding_window_logits(model, x1, x2, tile=32, overlap=8)
+    assert tiled.shape == (1, 2, 70, 90)
+    assert torch.allclose(whole, tiled, atol=1e-5)
