@@ -1,0 +1,5 @@
+"""Presentation of results: tables in the paper's format."""
+
+from cdkd.analysis.tables import metrics_table, percent, strategy_markdown, strategy_table
+
+__all__ = ["metrics_table", "percent", "strategy_markdown", "strategy_table"]

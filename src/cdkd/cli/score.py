@@ -1,0 +1,123 @@
+"""Score a folder of predicted change masks against ground truth.
+
+``python -m cdkd.score pred=DIR gt=DIR [out=FILE.json] [empty_policy=one|zero|skip]``
+
+Prints per-image averaged and pooled metrics (percent) and optionally writes them as JSON
+(fractions in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from cdkd.analysis.tables import metrics_table
+from cdkd.cli.common import config_dir, report_errors
+from cdkd.data.io import IMAGE_SUFFIXES, read_mask
+from cdkd.errors import ConfigError, DataError
+from cdkd.files import natural_key, write_json_atomic
+from cdkd.metrics.change import ChangeMetrics, check_empty_policy
+
+_SHOWN = 5
+
+
+def _mask_files(folder: Path, role: str) -> dict[str, Path]:
+    """Mask files of ``folder`` keyed by file stem; a stem used twice is an error."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {role} folder not found")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+        hidden = path.name.startswith(".")
+        if hidden or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in files:
+            raise DataError(f"{path}: same name as {files[path.stem].name} in the {role} folder")
+        files[path.stem] = path
+    if not files:
+        raise DataError(f"{folder}: no {role} masks ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > _SHOWN else "")
+
+
+def _pair_files(pred_dir: Path, gt_dir: Path) -> list[tuple[Path, Path]]:
+    """Match predictions to ground-truth masks by file stem; any unmatched file is an error."""
+    preds = _mask_files(pred_dir, "prediction")
+    gts = _mask_files(gt_dir, "ground-truth")
+    no_pred = [gts[stem].name for stem in gts if stem not in preds]
+    no_gt = [preds[stem].name for stem in preds if stem not in gts]
+    problems = []
+    if no_pred:
+        problems.append(
+            f"{len(no_pred)} ground-truth mask(s) in {gt_dir} have no prediction in {pred_dir}: "
+            + _listing(no_pred)
+        )
+    if no_gt:
+        problems.append(
+            f"{len(no_gt)} prediction(s) in {pred_dir} have no ground truth in {gt_dir}: "
+            + _listing(no_gt)
+        )
+    if problems:
+        raise DataError("; ".join(problems))
+    return [(preds[stem], gts[stem]) for stem in gts]
+
+
+def score_folders(
+    pred_dir: str | Path, gt_dir: str | Path, empty_policy: str = "one"
+) -> dict[str, Any]:
+    """Score 0/255 (or 0/1) prediction masks against ground-truth masks of the same names.
+
+    Files are matched by name without suffix, so ``x.png`` scores against ``x.tif``.
+
+    Returns:
+        ``{"count": N, "empty_policy": ..., "per_image": {...}, "pooled": {...}}`` with the
+        metrics of :class:`cdkd.metrics.ChangeMetrics` as fractions.
+
+    Raises:
+        DataError: a missing folder, unmatched files, unreadable masks or differing sizes.
+    """
+    check_empty_policy(empty_policy)
+    metric = ChangeMetrics(empty_policy=empty_policy)
+    for pred_path, gt_path in _pair_files(Path(pred_dir), Path(gt_dir)):
+        pred = read_mask(pred_path)
+        gt = read_mask(gt_path)
+        if pred.shape != gt.shape:
+            raise DataError(
+                f"{pred_path}: size {pred.shape[1]}x{pred.shape[0]} differs from "
+                f"{gt_path} ({gt.shape[1]}x{gt.shape[0]})"
+            )
+        metric.update(torch.from_numpy(pred), torch.from_numpy(gt))
+    scores = metric.compute()
+    return {
+        "count": scores["count"],
+        "empty_policy": empty_policy,
+        "per_image": scores["per_image"],
+        "pooled": scores["pooled"],
+    }
+
+
+def _required(cfg: DictConfig, key: str, meaning: str) -> str:
+    if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
+        raise ConfigError(f"{key} is required: {key}=DIR, the {meaning}")
+    return str(cfg[key])
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="score")
+@report_errors
+def main(cfg: DictConfig) -> None:
+    """Score ``pred`` against ``gt``, print the table and write ``out`` if given."""
+    pred_dir = _required(cfg, "pred", "folder of predicted masks")
+    gt_dir = _required(cfg, "gt", "folder of ground-truth masks")
+    result = score_folders(pred_dir, gt_dir, str(cfg.empty_policy))
+    Console().print(metrics_table(result, title=f"{pred_dir} vs {gt_dir}"))
+    if cfg.out:
+        write_json_atomic(cfg.out, result)
+        print(f"wrote {cfg.out}")

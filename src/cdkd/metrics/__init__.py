@@ -1,0 +1,27 @@
+"""Evaluation metrics for binary change detection."""
+
+from cdkd.metrics.change import (
+    CLASSES,
+    COUNT_KEYS,
+    EMPTY_POLICIES,
+    MEAN_KEYS,
+    METRIC_KEYS,
+    ChangeMetrics,
+    check_empty_policy,
+    confusion_counts,
+    scores_from_counts,
+    summarize_counts,
+)
+
+__all__ = [
+    "CLASSES",
+    "COUNT_KEYS",
+    "EMPTY_POLICIES",
+    "MEAN_KEYS",
+    "METRIC_KEYS",
+    "ChangeMetrics",
+    "check_empty_policy",
+    "confusion_counts",
+    "scores_from_counts",
+    "summarize_counts",
+]
