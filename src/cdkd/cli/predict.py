@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import track
 
 from cdkd.cli.common import config_dir, report_errors
-from cdkd.errors import CdkdError, DataError
+from cdkd.errors import DataError
 
 DATE_FOLDERS = (("A", "B"), ("time1", "time2"))
 
@@ -61,10 +61,7 @@ def main(cfg: DictConfig) -> None:
     from cdkd.models import create_model
 
     device = pick_device(cfg.device)
-    try:
-        model = create_model(cfg.model.name, weights=cfg.weights, **dict(cfg.model.kwargs))
-    except (ValueError, FileNotFoundError) as exc:
-        raise CdkdError(str(exc)) from exc
+    model = create_model(cfg.model.name, weights=cfg.weights, **dict(cfg.model.kwargs))
     model = model.to(device).eval()
     mean = torch.tensor(list(cfg.model.normalize.mean)).view(1, 3, 1, 1)
     std = torch.tensor(list(cfg.model.normalize.std)).view(1, 3, 1, 1)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from cdkd.errors import CheckpointError
 from cdkd.models.base import ChangeModel
 
 M = TypeVar("M", bound=type[ChangeModel])
@@ -60,11 +61,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from a plain ``.pth``/``.pt`` file or a cdkd/Lightning checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
+        raise CheckpointError(f"{path}: weights file not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({reason})") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
         prefix = "model."
@@ -73,7 +75,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: does not contain a state dict of tensors")
+        raise CheckpointError(f"{path}: does not contain a state dict of tensors")
     return obj
 
 
@@ -98,13 +100,29 @@ def create_model(
     kwargs.update(overrides)
     model = entry.cls(pretrained=pretrained, **kwargs)
     if state is not None:
-        converted = model.convert_state_dict(state)
-        try:
-            model.load_state_dict(converted, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ValueError(f"{weights}: weights do not fit model '{name}': {first}") from exc
+        context = f"{weights}: weights do not fit model '{name}'"
+        load_strict(model, model.convert_state_dict(state), context)
     return model
+
+
+def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], context: str) -> None:
+    """Load ``state`` into ``model`` requiring every key and shape to match.
+
+    On a mismatch raises :class:`CheckpointError` whose single line starts with ``context`` and
+    names a few of the missing, unexpected or mis-shaped keys.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape of", shapes)):
+        if keys:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            problems.append(f"{label} {', '.join(keys[:3])}{more}")
+    if problems:
+        raise CheckpointError(f"{context}: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
 
 
 def _import_zoo() -> None:

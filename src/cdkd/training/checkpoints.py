@@ -36,7 +36,4 @@ def load_network(path: str | Path, expected_model: str | None = None) -> ChangeM
     name = hparams["model"]
     if expected_model is not None and name != expected_model:
         raise CheckpointError(f"{path}: checkpoint is for model '{name}', not '{expected_model}'")
-    try:
-        return create_model(name, weights=path, **dict(hparams.get("model_kwargs") or {}))
-    except (ValueError, FileNotFoundError) as exc:
-        raise CheckpointError(str(exc)) from exc
+    return create_model(name, weights=path, **dict(hparams.get("model_kwargs") or {}))

@@ -1,0 +1,129 @@
+"""Fully convolutional change-detection U-Nets (Daudt et al., ICIP 2018), as built by Open-CD.
+
+The three variants share one U-Net: a four-stage encoder (16, 32, 64 and 128 channels with
+2, 2, 3 and 3 conv-BN-ReLU-dropout units, a max-pool after each stage) and a mirrored decoder of
+stride-2 transposed-conv upsamplers and stride-1 transposed-conv units. They differ only in how
+the two dates meet:
+
+- ``early`` (FC-EF): the pair is stacked into one 6-channel image before the encoder;
+- ``conc`` (FC-Siam-conc): a shared encoder runs on each date and every skip connection carries
+  both dates' features side by side;
+- ``diff`` (FC-Siam-diff): as ``conc``, but the skips carry ``|f1 - f2|``.
+
+In the Siamese variants the decoder starts from the second date's bottleneck. Open-CD ends the
+network with an FCN head without convs (Dropout2d 0.1 and a 1x1 conv 16 -> 2), trained with
+2-class cross-entropy; the parameter counts match the JL1-CD paper's Table II exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cdkd.errors import ConfigError
+from cdkd.models.base import ChangeModel
+from cdkd.models.registry import register_model
+
+Fusion = Literal["early", "conc", "diff"]
+
+#: Encoder widths and number of conv units per stage (the decoder mirrors them).
+WIDTHS = (16, 32, 64, 128)
+DEPTHS = (2, 2, 3, 3)
+#: Dropout2d probability after every conv unit of the U-Net, and before the classifier.
+UNIT_DROPOUT = 0.2
+HEAD_DROPOUT = 0.1
+
+
+def _unit(conv: nn.Module, channels: int) -> nn.Sequential:
+    """``conv`` followed by BN, ReLU and channel dropout (the conv keeps its bias, as upstream)."""
+    return nn.Sequential(
+        conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Dropout2d(UNIT_DROPOUT)
+    )
+
+
+def _decoder_conv(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
+    """Stride-1 3x3 transposed conv, the decoder's "convolution" in the original design."""
+    return nn.ConvTranspose2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+
+@register_model("fc_ef", fusion="early")
+@register_model("fc_siam_conc", fusion="conc")
+@register_model("fc_siam_diff", fusion="diff")
+class FullyConvCD(ChangeModel):
+    """FC-EF / FC-Siam-conc / FC-Siam-diff with a 2-channel (unchanged, changed) output.
+
+    Args:
+        fusion: how the dates are combined: ``early``, ``conc`` or ``diff`` (see module doc).
+        pretrained: must be False; these networks have no pretrained backbone.
+    """
+
+    out_channels = 2
+
+    def __init__(self, fusion: Fusion, pretrained: bool = False) -> None:
+        super().__init__()
+        if fusion not in ("early", "conc", "diff"):
+            raise ConfigError(f"fusion must be 'early', 'conc' or 'diff', got {fusion!r}")
+        if pretrained:
+            raise ConfigError("FC-EF/FC-Siam have no pretrained weights; set pretrained=false")
+        self.fusion = fusion
+
+        in_channels = 6 if fusion == "early" else 3
+        self.encoder = nn.ModuleList()
+        for width, depth in zip(WIDTHS, DEPTHS, strict=True):
+            units: list[nn.Module] = [_unit(nn.Conv2d(in_channels, width, 3, padding=1), width)]
+            units += [_unit(nn.Conv2d(width, width, 3, padding=1), width) for _ in range(depth - 1)]
+            self.encoder.append(nn.Sequential(*units))
+            in_channels = width
+
+        skip_factor = 2 if fusion == "conc" else 1
+        self.upsample = nn.ModuleList(
+            nn.ConvTranspose2d(w, w, 3, stride=2, padding=1, output_padding=1) for w in WIDTHS
+        )
+        self.decoder = nn.ModuleList()
+        for level, (width, depth) in enumerate(zip(WIDTHS, DEPTHS, strict=True)):
+            # The last unit narrows to the next level's width; at level 0 it is a bare conv.
+            out_width = WIDTHS[max(level - 1, 0)]
+            channels = [width * (1 + skip_factor), *[width] * (depth - 1), out_width]
+            pairs = list(itertools.pairwise(channels))
+            units = [_unit(_decoder_conv(c_in, c_out), c_out) for c_in, c_out in pairs[:-1]]
+            last = _decoder_conv(*pairs[-1])
+            units.append(last if level == 0 else _unit(last, out_width))
+            self.decoder.append(nn.Sequential(*units))
+
+        self.head = nn.Sequential(
+            nn.Dropout2d(HEAD_DROPOUT), nn.Conv2d(WIDTHS[0], self.out_channels, 1)
+        )
+
+    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-stage features (the skips) and the pooled output of the last stage."""
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)
+            skips.append(x)
+            x = F.max_pool2d(x, kernel_size=2, stride=2)
+        return skips, x
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        if self.fusion == "early":
+            skips, x = self._encode(torch.cat((x1, x2), dim=1))
+        else:
+            skips1, _ = self._encode(x1)
+            skips2, x = self._encode(x2)
+            if self.fusion == "conc":
+                skips = [torch.cat(pair, dim=1) for pair in zip(skips1, skips2, strict=True)]
+            else:
+                skips = [(a - b).abs() for a, b in zip(skips1, skips2, strict=True)]
+
+        for level in reversed(range(len(WIDTHS))):
+            skip = skips[level]
+            up = self.upsample[level](x)
+            # Odd sizes lose a row/column to pooling: replicate the upsampled edge to match.
+            pad_w, pad_h = skip.shape[-1] - up.shape[-1], skip.shape[-2] - up.shape[-2]
+            if pad_w or pad_h:
+                up = F.pad(up, (0, pad_w, 0, pad_h), mode="replicate")
+            x = self.decoder[level](torch.cat((up, skip), dim=1))
+        return self.head(x)
