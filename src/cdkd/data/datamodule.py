@@ -1,0 +1,276 @@
+"""The LightningDataModule for every dataset in the ``ROOT/{split}/{A,B,label}`` layout."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, default_collate
+
+from cdkd.data.car_index import CarIndex, build_car_index, cache_path
+from cdkd.data.dataset import IMAGENET_MEAN, IMAGENET_STD, ChangeDetectionDataset, pad_collate
+from cdkd.data.layout import Sample, discover_split, require_root
+from cdkd.data.transforms import build_augmentation
+from cdkd.errors import ConfigError, DataError
+from cdkd.partition import PartitionScheme
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+_STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+    None: SPLITS,
+}
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The pairs of one logical split and their CAR index rows, in the same order."""
+
+    folder: Path
+    samples: list[Sample]
+    index: CarIndex
+
+
+class ChangeDataModule(LightningDataModule):
+    """Train/val/test loaders for a change-detection dataset, optionally one CAR partition of it.
+
+    Args:
+        root: Dataset root holding ``{train,val,test}/{A,B,label}`` (or ``time1/time2/label``).
+        name: Short dataset name (``jl1cd``, ``sysucd``, ``synthetic``, ``folder``), used in
+            messages and run paths.
+        splits: Folder name of each logical split (``train``, ``val``, ``test``).
+        val_from_train: When the val folder is missing, hold out this many pairs from the start
+            of the training folder (natural order) as validation; 0 makes a missing val an error.
+        batch_size: Training batch size.
+        eval_batch_size: Batch size of evaluation loaders (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        mean: Per-channel normalisation mean, RGB, 0-255 units.
+        std: Per-channel normalisation standard deviation, RGB, 0-255 units.
+        augment: Training augmentation recipe: ``standard``, ``changer`` or ``none``.
+        crop_size: Random square training crop (``None``: whole images).
+        partition: CAR partition scheme ``{name, thresholds, buckets}``.
+        bucket: Restrict train and val to this bucket of ``partition`` (test never is).
+        cache_dir: Where CAR indexes are cached (default ``ROOT/.cdkd_cache``).
+        synthetic: ``{counts, size, seed}``: generate a synthetic dataset at ``root`` first.
+        pin_memory: Pin batches in page-locked memory (default: when CUDA is available).
+        persistent_workers: Keep workers between epochs (default: when ``num_workers > 0``).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        name: str = "folder",
+        splits: Mapping[str, str] | None = None,
+        val_from_train: int = 0,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        augment: str = "standard",
+        crop_size: int | None = None,
+        partition: Mapping[str, Any] | None = None,
+        bucket: str | None = None,
+        cache_dir: str | None = None,
+        synthetic: Mapping[str, Any] | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.name = name
+        self.splits = {split: split for split in SPLITS} | dict(splits or {})
+        unknown = sorted(set(self.splits) - set(SPLITS))
+        if unknown:
+            raise ConfigError(f"data.splits: unknown split(s) {unknown}; use {list(SPLITS)}")
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key} must be at least 1, got {value}")
+        if val_from_train < 0:
+            raise ConfigError(f"data.val_from_train must be >= 0, got {val_from_train}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ConfigError(f"data.mean/std need 3 values with std > 0, got {mean} / {std}")
+        self.val_from_train = val_from_train
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.train_augment = build_augmentation(augment, crop_size)
+        self.crop_size = crop_size
+        self.scheme = _scheme(partition, bucket)
+        self.bucket = bucket
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.root / ".cdkd_cache"
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        persistent = num_workers > 0 if persistent_workers is None else persistent_workers
+        self.persistent_workers = persistent and num_workers > 0
+        self._splits: dict[str, _Split] = {}
+        self._folders: dict[Path, tuple[list[Sample], CarIndex]] = {}
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic dataset at ``root`` when configured (idempotent)."""
+        if self.synthetic is None:
+            return
+        from cdkd.data.synthetic import generate_dataset
+
+        generate_dataset(
+            self.root,
+            counts={str(k): int(v) for k, v in dict(self.synthetic["counts"]).items()},
+            size=int(self.synthetic.get("size", 64)),
+            seed=int(self.synthetic.get("seed", 0)),
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Validate the splits that ``stage`` needs and build (or read) their CAR indexes."""
+        if self.synthetic is not None and not self.root.is_dir():
+            self.prepare_data()
+        for split in _STAGE_SPLITS.get(stage, SPLITS):
+            self._split(split)
+        if stage in ("fit", None) and self.crop_size is None:
+            train = self._split("train")
+            if len(train.index.sizes) > 1:
+                shown = ", ".join(f"{h}x{w}" for h, w in sorted(train.index.sizes)[:4])
+                raise DataError(
+                    f"{train.folder}: training images have different sizes ({shown}); "
+                    "set data.crop_size to train on crops"
+                )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches of equal-size images."""
+        split = self._split("train")
+        dataset = ChangeDetectionDataset(split.samples, self.mean, self.std, self.train_augment)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(dataset) > self.batch_size,
+            collate_fn=default_collate,
+            **self._loader_options(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches, no augmentation."""
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches, no augmentation, never restricted to a CAR partition."""
+        return self.dataloader("test")
+
+    def dataloader(self, split: str) -> DataLoader:
+        """Evaluation loader of any split: dataset order, no augmentation, padded batches.
+
+        Batches carry ``size`` (int64 ``[B, 2]``), the original height and width of each item.
+        """
+        data = self._split(split)
+        dataset = ChangeDetectionDataset(data.samples, self.mean, self.std, augment=None)
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            collate_fn=pad_collate,
+            **self._loader_options(),
+        )
+
+    def index(self, split: str) -> CarIndex:
+        """CAR index rows of ``split`` in dataset order (after any partition restriction)."""
+        return self._split(split).index
+
+    def index_checksum(self, split: str) -> str:
+        """SHA-256 of the rows of ``split``, for provenance records."""
+        return self.index(split).checksum
+
+    def samples(self, split: str) -> list[Sample]:
+        """File paths of the pairs of ``split`` in dataset order."""
+        return list(self._split(split).samples)
+
+    def _loader_options(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers,
+        }
+
+    def _split(self, split: str) -> _Split:
+        """The pairs of a logical split, built on first use."""
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split '{split}': use one of {list(SPLITS)}")
+        if split not in self._splits:
+            self._splits[split] = self._build_split(split)
+        return self._splits[split]
+
+    def _build_split(self, split: str) -> _Split:
+        root = require_root(self.root, self.name)
+        folder = root / self.splits[split]
+        positions: Sequence[int] | None = None
+        if split in ("train", "val") and not (root / self.splits["val"]).is_dir():
+            folder, positions = self._held_out(root, split)
+        samples, index = self._folder(folder)
+        if positions is not None:
+            samples, index = [samples[p] for p in positions], index.subset(positions)
+        if split != "test" and self.scheme is not None and self.bucket is not None:
+            chosen = index.positions_in(self.scheme, self.bucket)
+            if not chosen:
+                raise DataError(
+                    f"{folder}: CAR partition '{self.bucket}' of split '{split}' is empty "
+                    f"(partition '{self.scheme.name}', thresholds {list(self.scheme.thresholds)})"
+                )
+            samples, index = [samples[p] for p in chosen], index.subset(chosen)
+        log.info("%s %s: %d pairs from %s", self.name, split, len(samples), folder)
+        return _Split(folder=folder, samples=samples, index=index)
+
+    def _held_out(self, root: Path, split: str) -> tuple[Path, list[int]]:
+        """Train folder and positions of ``split`` when val is taken from the head of train."""
+        val_dir, train_dir = root / self.splits["val"], root / self.splits["train"]
+        n_val = self.val_from_train
+        if n_val == 0:
+            raise DataError(
+                f"{val_dir}: validation split not found; add it or set data.val_from_train=N "
+                "to validate on the first N training pairs"
+            )
+        total = len(self._folder(train_dir)[0])
+        if n_val >= total:
+            raise DataError(
+                f"{train_dir}: val_from_train={n_val} leaves no training pairs ({total} in total)"
+            )
+        return train_dir, list(range(n_val)) if split == "val" else list(range(n_val, total))
+
+    def _folder(self, folder: Path) -> tuple[list[Sample], CarIndex]:
+        """Pairs and CAR index of one split folder, validated once per data module."""
+        if folder not in self._folders:
+            samples = discover_split(folder)
+            index = build_car_index(
+                samples,
+                cache_file=cache_path(self.cache_dir, folder),
+                description=f"CAR index {self.name}/{folder.name}",
+            )
+            self._folders[folder] = (samples, index)
+        return self._folders[folder]
+
+
+def _scheme(partition: Mapping[str, Any] | None, bucket: str | None) -> PartitionScheme | None:
+    """The partition scheme of the config, checking ``bucket`` belongs to it."""
+    if partition is None:
+        if bucket is not None:
+            raise ConfigError(f"data.bucket={bucket} needs data.partition (e.g. partition=three)")
+        return None
+    try:
+        scheme = PartitionScheme.create(
+            str(partition.get("name", "three")),
+            partition.get("thresholds"),
+            partition.get("buckets"),
+        )
+        if bucket is not None:
+            scheme.index(bucket)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return scheme
