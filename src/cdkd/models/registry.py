@@ -30,6 +30,10 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
+#: Attribute under which cdkd's LightningModules hold the network; a training checkpoint's
+#: ``state_dict`` keys carry it as a prefix.
+NETWORK_PREFIX = "net."
+
 
 def register_model(name: str, **defaults: Any) -> Callable[[M], M]:
     """Class decorator registering ``cls`` under ``name`` with constructor ``defaults``."""
@@ -58,7 +62,7 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from a plain ``.pth``/``.pt`` file or a cdkd/Lightning checkpoint."""
+    """Read a network state dict from a plain ``.pth`` file or a cdkd training checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
@@ -70,9 +74,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({reason})") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-        prefix = "model."
-        if obj and all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix) :]: v for k, v in obj.items()}
+        prefix = NETWORK_PREFIX
+        if any(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
     elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,8 @@ def build_module(cfg: DictConfig, max_steps: int) -> ChangeDetectionModule:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one stage as configured; returns the best validation metrics (and test, if run)."""
     check_config(cfg)
+    # Lightning prints through its own handler; stop a second copy via Hydra's root handler.
+    logging.getLogger("lightning.pytorch").propagate = False
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
