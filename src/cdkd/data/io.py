@@ -31,7 +31,7 @@ def read_image(path: str | Path) -> np.ndarray:
     img = _open(path)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from cdkd.errors import ConfigError
@@ -96,8 +97,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     max_steps = int(cfg.schedule.max_steps)
     module = build_module(cfg, max_steps)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not loggers:  # a learning-rate monitor has nowhere to write without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         max_steps=max_steps,

@@ -1,0 +1,116 @@
+"""End to end through the command-line tools: train -> eval -> predict -> score."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    if ok and proc.returncode != 0:
+        pytest.fail(
+            f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    common = (f"paths.data_dir={root / 'data'}", f"paths.runs_dir={root / 'runs'}")
+    run("cdkd.train", "experiment=smoke", "model=fc_siam_diff", "logger=none", *common, cwd=root)
+    run_dir = root / "runs" / "synthetic" / "fc_siam_diff" / "baseline"
+    return {"root": root, "run_dir": run_dir, "data": root / "data" / "synthetic-smoke"}
+
+
+def test_train_writes_the_run_folder(trained: dict[str, Path]) -> None:
+    run_dir = trained["run_dir"]
+    for name in ("best.ckpt", "last.ckpt", "config.yaml", "metrics.json", "per_image.csv"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["count"] == 12
+    assert 0.0 <= metrics["per_image"]["mIoU"] <= 1.0
+
+
+def test_eval_predict_and_score_agree(trained: dict[str, Path]) -> None:
+    root, run_dir, data = trained["root"], trained["run_dir"], trained["data"]
+    common = (f"paths.data_dir={root / 'data'}", f"paths.runs_dir={root / 'runs'}")
+    run(
+        "cdkd.eval",
+        "experiment=smoke",
+        "model=fc_siam_diff",
+        "save_predictions=true",
+        *common,
+        cwd=root,
+    )
+    evaluated = json.loads((run_dir / "eval" / "test" / "metrics.json").read_text())
+    rows = (run_dir / "eval" / "test" / "per_image.csv").read_text().splitlines()
+    assert rows[0].startswith("name,car,mIoU") and len(rows) == 1 + 12
+
+    preds = root / "predictions"
+    run(
+        "cdkd.predict",
+        "model=fc_siam_diff",
+        f"weights={run_dir / 'best.ckpt'}",
+        f"input={data / 'test'}",
+        f"output={preds}",
+        cwd=root,
+    )
+    assert len(list(preds.glob("*.png"))) == 12
+    out = root / "score.json"
+    run("cdkd.score", f"pred={preds}", f"gt={data / 'test' / 'label'}", f"out={out}", cwd=root)
+    scored = json.loads(out.read_text())
+    assert scored["count"] == evaluated["count"] == 12
+    for key, value in evaluated["per_image"].items():
+        assert scored["per_image"][key] == pytest.approx(value, abs=1e-9), key
+    for key, value in evaluated["pooled"].items():
+        assert scored["pooled"][key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_predict_reports_unreadable_pairs_and_keeps_going(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    data, run_dir = trained["data"], trained["run_dir"]
+    for sub in ("A", "B"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        for name in ("0000.png", "0001.png"):
+            (tmp_path / "in" / sub / name).write_bytes((data / "test" / sub / name).read_bytes())
+    (tmp_path / "in" / "B" / "0001.png").write_bytes(b"")
+    proc = run(
+        "cdkd.predict",
+        "model=fc_siam_diff",
+        f"weights={run_dir / 'best.ckpt'}",
+        f"input={tmp_path / 'in'}",
+        f"output={tmp_path / 'out'}",
+        cwd=tmp_path,
+        ok=False,
+    )
+    assert proc.returncode != 0
+    assert "0001.png" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0000.png"]
+
+
+def test_eval_with_checkpoint_of_another_model_fails_in_one_line(
+    trained: dict[str, Path],
+) -> None:
+    root, run_dir = trained["root"], trained["run_dir"]
+    proc = run(
+        "cdkd.eval",
+        "experiment=smoke",
+        "model=tinycd",
+        f"checkpoint={run_dir / 'best.ckpt'}",
+        f"paths.data_dir={root / 'data'}",
+        f"paths.runs_dir={root / 'runs'}",
+        cwd=root,
+        ok=False,
+    )
+    assert proc.returncode == 1
+    assert "is for model 'fc_siam_diff', not 'tinycd'" in proc.stderr
+    assert "Traceback" not in proc.stderr
