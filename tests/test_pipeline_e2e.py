@@ -32,11 +32,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_train_writes_the_run_folder(trained: dict[str, Path]) -> None:
     run_dir = trained["run_dir"]
-    for name in ("best.ckpt", "last.ckpt", "config.yaml", "metrics.json", "per_image.csv"):
+    for name in ("best.ckpt", "last.ckpt", "config.yaml", "metrics.json"):
         assert (run_dir / name).is_file(), name
+    for split in ("val", "test"):
+        assert (run_dir / "eval" / split / "per_image.csv").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["split"] == "test" and metrics["count"] == 12
-    assert 0.0 <= metrics["per_image"]["mIoU"] <= 1.0
+    assert metrics["test"]["count"] == 12 and metrics["val"]["count"] == 12
+    assert 0.0 <= metrics["test"]["per_image"]["mIoU"] <= 1.0
 
 
 def test_eval_predict_and_score_agree(trained: dict[str, Path]) -> None:

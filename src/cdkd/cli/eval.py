@@ -1,19 +1,25 @@
-"""``python -m cdkd.eval``: evaluate a checkpoint on a data split.
+"""``python -m cdkd.eval``: evaluate a strategy (original, O-P or MTKD) on a data split.
 
-Prints a table, writes ``metrics.json`` (the schema of ``cdkd.score``), ``per_image.csv``
+Prints a table and writes ``metrics.json`` (the schema of ``cdkd.score``), ``per_image.csv``
 (name, CAR, per-image metrics) and optionally the 0/255 prediction PNGs into ``out_dir``.
+For O-P it also reports the routing confusion (ground-truth vs predicted CAR bucket).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.table import Table
 
 from cdkd.cli.common import config_dir, report_errors
 from cdkd.errors import ConfigError
+
+STRATEGIES = ("original", "op", "mtkd")
 
 
 def pick_device(name: str) -> torch.device:
@@ -23,30 +29,78 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def build_origin_partition(cfg: DictConfig) -> Any:
+    """M_O and the partition teachers of ``cfg`` as one O-P model."""
+    from cdkd.inference.origin_partition import OriginPartition
+    from cdkd.training.checkpoints import load_network, load_teacher, teacher_paths
+    from cdkd.training.run import partition_scheme
+
+    scheme = partition_scheme(cfg)
+    paths = teacher_paths(
+        cfg.distill.teacher_dir,
+        cfg.partition.teacher_stages,
+        cfg.partition.run_suffix,
+        OmegaConf.to_container(cfg.distill.teachers, resolve=True),
+    )
+    origin = load_network(cfg.distill.init, expected_model=cfg.model.name)
+    teacher_model = cfg.distill.teacher_model
+    teachers = [load_teacher(paths[b], teacher_model, scheme, b) for b in scheme.buckets]
+    return OriginPartition(origin, teachers, scheme)
+
+
+def routing_table(confusion: dict[str, dict[str, int]]) -> Table:
+    """The O-P routing confusion as a table: rows ground truth, columns M_O's prediction."""
+    first = next(iter(confusion.values()))
+    table = Table(title="O-P routing: ground-truth bucket (rows) vs M_O's predicted bucket")
+    table.add_column("")
+    for name in first:
+        table.add_column(name, justify="right")
+    for row, counts in confusion.items():
+        table.add_row(row, *(str(v) for v in counts.values()))
+    return table
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    """Evaluate ``cfg.checkpoint`` on ``cfg.split`` and write the results."""
+    """Evaluate ``cfg.strategy`` on ``cfg.split`` and write the results to ``cfg.out_dir``."""
     from cdkd.analysis.tables import metrics_table
-    from cdkd.inference.evaluate import evaluate
+    from cdkd.inference.evaluate import run_evaluation, write_evaluation
+    from cdkd.inference.origin_partition import routing_confusion
     from cdkd.training.checkpoints import load_network
+    from cdkd.training.run import partition_scheme
 
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split '{cfg.split}' must be train, val or test")
-    net = load_network(cfg.checkpoint, expected_model=cfg.model.name)
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy '{cfg.strategy}' must be one of {STRATEGIES}")
+    extra: dict[str, Any] = {"split": cfg.split, "strategy": cfg.strategy}
+    if cfg.strategy == "op":
+        if cfg.checkpoint is not None:
+            raise ConfigError("strategy=op takes distill.init and distill.teachers, not checkpoint")
+        model = build_origin_partition(cfg)
+        extra["origin"] = str(cfg.distill.init)
+    else:
+        checkpoint = cfg.checkpoint or cfg.checkpoints[cfg.strategy]
+        model = load_network(checkpoint, expected_model=cfg.model.name)
+        extra["checkpoint"] = str(checkpoint)
+
     datamodule = instantiate(cfg.data, bucket=None)
     datamodule.prepare_data()
     datamodule.setup("test" if cfg.split == "test" else "validate")
     loader = datamodule.dataloader(cfg.split)
-    result = evaluate(
-        net,
-        loader,
-        cfg.out_dir,
-        device=pick_device(cfg.device),
-        empty_policy=cfg.empty_policy,
-        save_predictions=bool(cfg.save_predictions),
-        extra={"split": cfg.split, "checkpoint": str(cfg.checkpoint)},
-        total=len(loader),
+    predictions = f"{cfg.out_dir}/predictions" if cfg.save_predictions else None
+    evaluation = run_evaluation(
+        model, loader, pick_device(cfg.device), cfg.empty_policy, predictions, len(loader)
     )
-    Console().print(metrics_table(result, f"{cfg.model.name} / {cfg.stage.name} on {cfg.split}"))
-    Console().print(f"results written to {cfg.out_dir}")
+    columns: dict[str, list[Any]] = {}
+    console = Console()
+    if cfg.strategy == "op":
+        predicted = torch.cat(model.predicted_cars)
+        scheme = partition_scheme(cfg)
+        extra["routing"] = routing_confusion(evaluation.cars, predicted, scheme)
+        columns["predicted_car"] = predicted.tolist()
+        console.print(routing_table(extra["routing"]))
+    result = write_evaluation(cfg.out_dir, evaluation, extra, columns)
+    console.print(metrics_table(result, f"{cfg.model.name} / {cfg.strategy} on {cfg.split}"))
+    console.print(f"results written to {cfg.out_dir}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +24,30 @@ def autocast_for(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+@dataclass
+class Evaluation:
+    """What one pass over a split produced, in dataset order."""
+
+    names: list[str]
+    cars: torch.Tensor
+    metrics: ChangeMetrics
+
+    def result(self) -> dict[str, Any]:
+        """Metrics in the schema of ``cdkd.score``."""
+        return {**self.metrics.compute(), "empty_policy": self.metrics.empty_policy}
+
+
 @torch.inference_mode()
-def evaluate(
+def run_evaluation(
     model: ChangeModel,
     batches: Iterable[Mapping[str, Any]],
-    out_dir: str | Path,
     device: torch.device | str = "cpu",
     empty_policy: str = "one",
-    save_predictions: bool = False,
-    extra: Mapping[str, Any] | None = None,
+    predictions_dir: str | Path | None = None,
     total: int | None = None,
-) -> dict[str, Any]:
-    """Score ``model`` on evaluation batches and write the results into ``out_dir``.
-
-    Writes ``metrics.json`` (the schema of ``cdkd.score``, plus ``extra`` keys),
-    ``per_image.csv`` (name, ground-truth CAR and the twelve per-image metrics) and, when
-    ``save_predictions`` is set, ``predictions/NAME.png`` (0/255, cropped to the image size).
-    Returns the metrics dictionary.
-    """
+) -> Evaluation:
+    """Predict every batch, accumulate the metrics, optionally write 0/255 prediction PNGs."""
     device = torch.device(device)
-    out_dir = Path(out_dir)
     model = model.to(device).eval()
     metrics = ChangeMetrics(empty_policy=empty_policy).to(device)
     names: list[str] = []
@@ -56,34 +61,63 @@ def evaluate(
         pred = model.predict(resize_logits(logits.float(), tuple(mask.shape[-2:])))
         metrics.update(pred, mask)
         names.extend(batch["name"])
-        cars.append(change_area_ratio(mask))
-        if save_predictions:
+        cars.append(change_area_ratio(mask).cpu())
+        if predictions_dir is not None:
             sizes = batch.get("size")
             for i, name in enumerate(batch["name"]):
                 h, w = (int(v) for v in sizes[i]) if sizes is not None else pred.shape[-2:]
-                write_mask(
-                    out_dir / "predictions" / f"{Path(name).stem}.png", pred[i, :h, :w].cpu()
-                )
+                target = Path(predictions_dir) / f"{Path(name).stem}.png"
+                write_mask(target, pred[i, :h, :w].cpu().numpy())
     if not names:
         raise ValueError("evaluation received no images")
-    result: dict[str, Any] = {
-        **dict(extra or {}),
-        **metrics.compute(),
-        "empty_policy": empty_policy,
-    }
+    return Evaluation(names, torch.cat(cars), metrics)
+
+
+def write_evaluation(
+    out_dir: str | Path,
+    evaluation: Evaluation,
+    extra: Mapping[str, Any] | None = None,
+    columns: Mapping[str, Sequence[Any]] | None = None,
+) -> dict[str, Any]:
+    """Write ``metrics.json`` (score schema plus ``extra``) and ``per_image.csv``.
+
+    The CSV has one row per image: name, ground-truth CAR, any extra ``columns`` (one value
+    per image) and the twelve per-image metrics, as fractions.
+    """
+    out_dir = Path(out_dir)
+    result = {**dict(extra or {}), **evaluation.result()}
     write_json_atomic(out_dir / "metrics.json", result)
-    write_per_image_csv(
-        out_dir / "per_image.csv", names, torch.cat(cars), metrics.per_image_scores()
-    )
+    columns = dict(columns or {})
+    scores = evaluation.metrics.per_image_scores().tolist()
+    with atomic_path(out_dir / "per_image.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["name", "car", *columns, *METRIC_KEYS])
+        for i, name in enumerate(evaluation.names):
+            extras = [_cell(values[i]) for values in columns.values()]
+            metrics = (f"{v:.6f}" for v in scores[i])
+            writer.writerow([name, f"{evaluation.cars[i].item():.6f}", *extras, *metrics])
     return result
 
 
-def write_per_image_csv(
-    path: str | Path, names: list[str], cars: torch.Tensor, scores: torch.Tensor
-) -> None:
-    """Write one row per image: name, CAR and the per-image metrics (fractions)."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["name", "car", *METRIC_KEYS])
-        for name, car, row in zip(names, cars.tolist(), scores.tolist(), strict=True):
-            writer.writerow([name, f"{car:.6f}", *(f"{v:.6f}" for v in row)])
+def _cell(value: Any) -> str:
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def evaluate(
+    model: ChangeModel,
+    batches: Iterable[Mapping[str, Any]],
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    empty_policy: str = "one",
+    save_predictions: bool = False,
+    extra: Mapping[str, Any] | None = None,
+    total: int | None = None,
+) -> dict[str, Any]:
+    """Score ``model`` on evaluation batches and write the results into ``out_dir``.
+
+    Writes ``metrics.json``, ``per_image.csv`` and, with ``save_predictions``,
+    ``predictions/NAME.png`` (0/255, cropped to the image size). Returns the metrics.
+    """
+    predictions = Path(out_dir) / "predictions" if save_predictions else None
+    evaluation = run_evaluation(model, batches, device, empty_policy, predictions, total)
+    return write_evaluation(out_dir, evaluation, extra)

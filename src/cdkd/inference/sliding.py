@@ -68,5 +68,6 @@ def sliding_window_logits(
                 out = torch.zeros((x1.shape[0], logits.shape[1], h, w), device=x1.device)
             out[window] += logits
             count[window] += 1
-    assert out is not None
+    if out is None:
+        raise ValueError("sliding-window inference received an empty image")
     return out / count

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cdkd.errors import CheckpointError
+from cdkd.errors import CheckpointError, ConfigError
 from cdkd.models import ChangeModel, create_model
+from cdkd.partition import PartitionScheme
 
 
-def read_hparams(path: str | Path) -> dict[str, Any]:
-    """Hyper-parameters recorded in a cdkd (Lightning) checkpoint, without loading weights."""
+def read_hparams(path: str | Path, expected_model: str | None = None) -> dict[str, Any]:
+    """Hyper-parameters recorded in a cdkd (Lightning) checkpoint.
+
+    With ``expected_model``, a checkpoint trained for another architecture is an error.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -23,6 +28,10 @@ def read_hparams(path: str | Path) -> dict[str, Any]:
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "model" not in hparams:
         raise CheckpointError(f"{path}: not a cdkd training checkpoint (no recorded model)")
+    if expected_model is not None and hparams["model"] != expected_model:
+        raise CheckpointError(
+            f"{path}: checkpoint is for model '{hparams['model']}', not '{expected_model}'"
+        )
     return hparams
 
 
@@ -32,8 +41,48 @@ def load_network(path: str | Path, expected_model: str | None = None) -> ChangeM
     Raises :class:`CheckpointError` when the checkpoint is unreadable or was trained for
     another architecture than ``expected_model``.
     """
-    hparams = read_hparams(path)
-    name = hparams["model"]
-    if expected_model is not None and name != expected_model:
-        raise CheckpointError(f"{path}: checkpoint is for model '{name}', not '{expected_model}'")
-    return create_model(name, weights=path, **dict(hparams.get("model_kwargs") or {}))
+    hparams = read_hparams(path, expected_model)
+    return create_model(hparams["model"], weights=path, **dict(hparams.get("model_kwargs") or {}))
+
+
+def load_teacher(
+    path: str | Path, expected_model: str, scheme: PartitionScheme, bucket: str
+) -> ChangeModel:
+    """Load a CAR-partition teacher, checking its architecture, scheme and bucket.
+
+    A teacher trained for another partition (other thresholds, or another bucket) would
+    silently distil the wrong knowledge, so each mismatch is a :class:`CheckpointError`.
+    """
+    meta = read_hparams(path, expected_model).get("meta") or {}
+    partition = meta.get("partition") or {}
+    thresholds = tuple(float(t) for t in partition.get("thresholds", ()))
+    if meta.get("bucket") != bucket or thresholds != scheme.thresholds:
+        raise CheckpointError(
+            f"{path}: teacher was trained on bucket '{meta.get('bucket')}' with thresholds "
+            f"{list(thresholds)}, expected bucket '{bucket}' with thresholds "
+            f"{list(scheme.thresholds)} (partition '{scheme.name}')"
+        )
+    return load_network(path, expected_model=expected_model)
+
+
+def teacher_paths(
+    teacher_dir: str | Path,
+    teacher_stages: Mapping[str, str],
+    run_suffix: str,
+    explicit: Mapping[str, str] | None = None,
+) -> dict[str, Path]:
+    """Checkpoint of each bucket's teacher.
+
+    ``explicit[bucket]`` when given, else the run-folder convention
+    ``<teacher_dir>/<teacher stage><run_suffix>/best.ckpt``.
+    """
+    explicit = dict(explicit or {})
+    unknown = sorted(set(explicit) - set(teacher_stages))
+    if unknown:
+        raise ConfigError(
+            f"teachers given for unknown bucket(s) {unknown}; buckets: {list(teacher_stages)}"
+        )
+    return {
+        bucket: Path(explicit.get(bucket) or Path(teacher_dir, f"{stage}{run_suffix}", "best.ckpt"))
+        for bucket, stage in teacher_stages.items()
+    }

@@ -13,10 +13,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from cdkd.errors import ConfigError
-from cdkd.files import write_text_atomic
+from cdkd.files import write_json_atomic, write_text_atomic
 from cdkd.inference.evaluate import evaluate
 from cdkd.partition import PartitionScheme
-from cdkd.training.checkpoints import load_network
+from cdkd.training.checkpoints import load_network, teacher_paths
+from cdkd.training.distill import DistillationModule
 from cdkd.training.module import ChangeDetectionModule
 
 EMPTY_POLICIES = ("one", "zero", "skip")
@@ -41,7 +42,11 @@ def check_config(cfg: DictConfig) -> None:
             scheme.index(cfg.stage.bucket)
         except ValueError as exc:
             raise ConfigError(f"stage '{cfg.stage.name}': {exc}") from exc
-    for key in ("max_steps", "warmup_steps", "val_every"):
+    if cfg.stage.kind not in ("train", "distill"):
+        raise ConfigError(f"stage '{cfg.stage.name}': kind '{cfg.stage.kind}' is not train/distill")
+    if cfg.stage.kind == "distill" and float(cfg.distill["lambda"]) < 0:
+        raise ConfigError(f"distill.lambda = {cfg.distill['lambda']} must be >= 0")
+    for key in ("max_steps", "distill_max_steps", "warmup_steps", "val_every"):
         if int(cfg.schedule[key]) < (1 if key != "warmup_steps" else 0):
             raise ConfigError(f"schedule.{key} = {cfg.schedule[key]} is out of range")
 
@@ -60,7 +65,7 @@ def resolve_precision(cfg: DictConfig) -> str:
 
 
 def build_module(cfg: DictConfig, max_steps: int) -> ChangeDetectionModule:
-    """The LightningModule of a supervised stage, with provenance recorded in its hparams."""
+    """The LightningModule of the configured stage, with provenance recorded in its hparams."""
     model = cfg.model
     meta = {
         "stage": cfg.stage.name,
@@ -69,19 +74,39 @@ def build_module(cfg: DictConfig, max_steps: int) -> ChangeDetectionModule:
         "normalize": OmegaConf.to_container(model.normalize, resolve=True),
         "partition": OmegaConf.to_container(cfg.partition, resolve=True),
     }
-    return ChangeDetectionModule(
-        model=model.name,
-        model_kwargs=OmegaConf.to_container(model.kwargs, resolve=True),
-        weights=model.weights,
-        pretrained=bool(model.pretrained),
-        loss=model.loss,
-        optimizer=OmegaConf.to_container(model.optimizer, resolve=True),
-        scheduler=model.scheduler,
-        max_steps=max_steps,
-        warmup_steps=int(cfg.schedule.warmup_steps),
-        empty_policy=cfg.empty_policy,
-        meta=meta,
+    common: dict[str, Any] = {
+        "model": model.name,
+        "model_kwargs": OmegaConf.to_container(model.kwargs, resolve=True),
+        "weights": model.weights,
+        "pretrained": bool(model.pretrained),
+        "loss": model.loss,
+        "optimizer": OmegaConf.to_container(model.optimizer, resolve=True),
+        "scheduler": model.scheduler,
+        "max_steps": max_steps,
+        "warmup_steps": int(cfg.schedule.warmup_steps),
+        "empty_policy": cfg.empty_policy,
+        "meta": meta,
+    }
+    if cfg.stage.kind != "distill":
+        return ChangeDetectionModule(**common)
+    distill = cfg.distill
+    teachers = teacher_paths(
+        distill.teacher_dir,
+        cfg.partition.teacher_stages,
+        cfg.partition.run_suffix,
+        OmegaConf.to_container(distill.teachers, resolve=True),
     )
+    try:
+        return DistillationModule(
+            init=str(distill.init),
+            teachers={bucket: str(path) for bucket, path in teachers.items()},
+            distill_lambda=float(distill["lambda"]),
+            partition=meta["partition"],
+            teacher_model=distill.teacher_model,
+            **common,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -94,9 +119,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = instantiate(cfg.data)
-    max_steps = int(cfg.schedule.max_steps)
+    steps_key = "distill_max_steps" if cfg.stage.kind == "distill" else "max_steps"
+    max_steps = int(cfg.schedule[steps_key])
     module = build_module(cfg, max_steps)
+    datamodule = instantiate(cfg.data)
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
@@ -119,15 +145,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best_path,
     }
     if cfg.test_after_fit and best_path and trainer.is_global_zero:
-        net = load_network(best_path, expected_model=cfg.model.name)
-        datamodule.setup("test")
-        test = evaluate(
-            net,
-            datamodule.dataloader("test"),
-            run_dir,
-            device="cuda" if uses_gpu(cfg) else "cpu",
-            empty_policy=cfg.empty_policy,
-            extra={"split": "test", "checkpoint": str(best_path)},
-        )
-        results["test/mIoU"] = test["per_image"]["mIoU"]
+        summary = evaluate_best(cfg, datamodule, best_path, run_dir)
+        results["test/mIoU"] = summary["test"]["per_image"]["mIoU"]
     return results
+
+
+def evaluate_best(
+    cfg: DictConfig, datamodule: Any, best_path: str, run_dir: Path
+) -> dict[str, Any]:
+    """Score the best checkpoint on val (what selected it) and test; write ``metrics.json``.
+
+    Each split's full results (metrics, per-image CSV) go to ``run_dir/eval/<split>/``; the
+    run's ``metrics.json`` summarises both splits.
+    """
+    net = load_network(best_path, expected_model=cfg.model.name)
+    device = "cuda" if uses_gpu(cfg) else "cpu"
+    summary: dict[str, Any] = {"checkpoint": str(best_path), "stage": cfg.stage.name}
+    for split in ("val", "test"):
+        datamodule.setup("test" if split == "test" else "validate")
+        result = evaluate(
+            net,
+            datamodule.dataloader(split),
+            run_dir / "eval" / split,
+            device=device,
+            empty_policy=cfg.empty_policy,
+            extra={"split": split, "checkpoint": str(best_path)},
+        )
+        summary[split] = {k: result[k] for k in ("count", "per_image", "pooled")}
+    write_json_atomic(run_dir / "metrics.json", summary)
+    return summary
