@@ -7,7 +7,7 @@ MODEL ?= fc_siam_diff
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: help install test test-all lint format demo train clean
+.PHONY: help install test test-all lint format demo train pipeline pipeline-two sweep bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,11 +34,24 @@ format: install ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests scripts
 	$(BIN)/ruff format src tests scripts
 
-demo: install ## generate the synthetic dataset, train, evaluate and print the results table
-	$(BIN)/python scripts/demo.py $(ARGS)
+demo: install ## the whole O-P / MTKD pipeline on the synthetic dataset; prints the Table III block
+	$(BIN)/python -m cdkd.pipeline experiment=demo $(ARGS)
 
-train: install ## train one stage: make train MODEL=tinycd DATA=jl1cd ARGS="stage=baseline"
+train: install ## train one stage: make train MODEL=tinycd DATA=jl1cd ARGS="stage=teacher_s"
 	$(BIN)/python -m cdkd.train model=$(MODEL) data=$(DATA) $(ARGS)
+
+pipeline: install ## baseline, teachers, O-P eval, student, MTKD eval; writes runs/DATA/MODEL/results.md
+	$(BIN)/python -m cdkd.pipeline model=$(MODEL) data=$(DATA) $(ARGS)
+
+pipeline-two: install ## the same with two teachers split at CAR 0.10 (paper Table V)
+	$(BIN)/python -m cdkd.pipeline model=$(MODEL) data=$(DATA) partition=two $(ARGS)
+
+sweep: install ## the paper's lambda grid for the student, then its summary table
+	$(BIN)/python -m cdkd.train hparams_search=lambda_grid model=$(MODEL) data=$(DATA) $(ARGS)
+	$(BIN)/python -m cdkd.report sweep=runs/$(DATA)/$(MODEL)/student
+
+bench: install ## student vs baseline training-step time (JSON lines)
+	$(BIN)/python scripts/bench.py $(ARGS)
 
 clean: ## remove caches (keeps .venv, runs/ and data/)
 	rm -rf .pytest_cache .ruff_cache
