@@ -116,3 +116,32 @@ def test_eval_with_checkpoint_of_another_model_fails_in_one_line(
     assert proc.returncode == 1
     assert "is for model 'fc_siam_diff', not 'tinycd'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_smoke_pipeline_writes_the_table_iii_block(trained: dict[str, Path]) -> None:
+    root = trained["root"]
+    common = [f"paths.data_dir={root / 'data'}", f"paths.runs_dir={root / 'runs'}"]
+    proc = run(
+        "cdkd.pipeline", "experiment=smoke", "model=fc_siam_diff", "logger=none", *common, cwd=root
+    )
+    assert "skip (done)" in proc.stdout  # the baseline trained by the fixture is reused
+    model_dir = root / "runs" / "synthetic" / "fc_siam_diff"
+    results = json.loads((model_dir / "results.json").read_text())
+    assert list(results["rows"]) == ["-", "O-P", "MTKD"]
+    for row in results["rows"].values():
+        assert set(row) == {"mIoU", "mAcc", "mPrecision", "mFscore"}
+    assert sum(sum(r.values()) for r in results["routing"].values()) == 12
+    assert (
+        "| Strategy | mIoU | mAcc | mPrecision | mFscore |"
+        in (model_dir / "results.md").read_text()
+    )
+    for stage in ("teacher_s", "teacher_m", "teacher_l", "student/lambda_0.001"):
+        assert (model_dir / stage / "best.ckpt").is_file(), stage
+    # The evaluations agree with the files they summarise.
+    original = json.loads((model_dir / "eval" / "original" / "test" / "metrics.json").read_text())
+    assert results["rows"]["-"]["mIoU"] == original["per_image"]["mIoU"]
+    # A second run finds everything done and only rewrites the summary.
+    again = run(
+        "cdkd.pipeline", "experiment=smoke", "model=fc_siam_diff", "logger=none", *common, cwd=root
+    )
+    assert "run:" not in again.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     # Lightning prints through its own handler; stop a second copy via Hydra's root handler.
     logging.getLogger("lightning.pytorch").propagate = False
+    # The run folder always holds config.yaml before the first checkpoint: expected, not news.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
