@@ -86,7 +86,6 @@ def main(cfg: DictConfig) -> None:
         extra["checkpoint"] = str(checkpoint)
 
     datamodule = instantiate(cfg.data, bucket=None)
-    datamodule.prepare_data()
     datamodule.setup("test" if cfg.split == "test" else "validate")
     loader = datamodule.dataloader(cfg.split)
     predictions = f"{cfg.out_dir}/predictions" if cfg.save_predictions else None

@@ -15,31 +15,21 @@ from rich.progress import track
 from cdkd.cli.common import config_dir, report_errors
 from cdkd.errors import DataError
 
-DATE_FOLDERS = (("A", "B"), ("time1", "time2"))
-
 
 def find_pairs(root: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
     """Pairs ``(name, path_a, path_b)`` matched by file stem, and problems with unmatched files."""
-    from cdkd.data.io import IMAGE_SUFFIXES
+    from cdkd.data.layout import DATE_FOLDERS, list_images
     from cdkd.files import natural_key
 
-    for first, second in DATE_FOLDERS:
+    for first, second, _ in DATE_FOLDERS:
         dir_a, dir_b = root / first, root / second
         if dir_a.is_dir() and dir_b.is_dir():
             break
     else:
         raise DataError(f"{root}: expected sub-folders A/ and B/ (or time1/ and time2/)")
-
-    def images(folder: Path) -> dict[str, Path]:
-        return {
-            p.stem: p
-            for p in folder.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-        }
-
-    a, b = images(dir_a), images(dir_b)
-    problems = [f"{dir_a / n}: no counterpart in {dir_b}" for n in sorted(a.keys() - b.keys())]
-    problems += [f"{dir_b / n}: no counterpart in {dir_a}" for n in sorted(b.keys() - a.keys())]
+    a, b = list_images(dir_a), list_images(dir_b)
+    problems = [f"{a[n]}: no counterpart in {dir_b}" for n in sorted(a.keys() - b.keys())]
+    problems += [f"{b[n]}: no counterpart in {dir_a}" for n in sorted(b.keys() - a.keys())]
     common = sorted(a.keys() & b.keys(), key=natural_key)
     return [(n, a[n], b[n]) for n in common], problems
 

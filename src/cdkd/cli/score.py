@@ -19,6 +19,7 @@ from rich.console import Console
 from cdkd.analysis.tables import metrics_table
 from cdkd.cli.common import config_dir, report_errors
 from cdkd.data.io import IMAGE_SUFFIXES, read_mask
+from cdkd.data.layout import list_images
 from cdkd.errors import ConfigError, DataError
 from cdkd.files import natural_key, write_json_atomic
 from cdkd.metrics.change import ChangeMetrics, check_empty_policy
@@ -27,20 +28,13 @@ _SHOWN = 5
 
 
 def _mask_files(folder: Path, role: str) -> dict[str, Path]:
-    """Mask files of ``folder`` keyed by file stem; a stem used twice is an error."""
+    """Mask files of ``folder`` keyed by file stem (any other file there is an error)."""
     if not folder.is_dir():
         raise DataError(f"{folder}: {role} folder not found")
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-        hidden = path.name.startswith(".")
-        if hidden or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-            continue
-        if path.stem in files:
-            raise DataError(f"{path}: same name as {files[path.stem].name} in the {role} folder")
-        files[path.stem] = path
+    files = list_images(folder)
     if not files:
         raise DataError(f"{folder}: no {role} masks ({', '.join(IMAGE_SUFFIXES)})")
-    return files
+    return dict(sorted(files.items(), key=lambda item: natural_key(item[1].name)))
 
 
 def _listing(names: list[str]) -> str:

@@ -160,6 +160,7 @@ def build_car_index(
 
 
 def _scan_all(samples: Sequence[Sample], progress: bool, description: str) -> list[IndexRow]:
+    """Scan every pair on a thread pool; the first bad file stops the scan at once."""
     workers = max(1, min(8, os.cpu_count() or 1))
     columns = (
         TextColumn("{task.description}"),
@@ -168,14 +169,15 @@ def _scan_all(samples: Sequence[Sample], progress: bool, description: str) -> li
         TimeRemainingColumn(),
     )
     rows: list[IndexRow] = []
-    with (
-        Progress(*columns, disable=not progress, transient=True) as bar,
-        ThreadPoolExecutor(max_workers=workers) as pool,
-    ):
-        task = bar.add_task(description, total=len(samples))
-        for row in pool.map(scan_sample, samples):
-            rows.append(row)
-            bar.advance(task)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        with Progress(*columns, disable=not progress, transient=True) as bar:
+            task = bar.add_task(description, total=len(samples))
+            for row in pool.map(scan_sample, samples):
+                rows.append(row)
+                bar.advance(task)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return rows
 
 

@@ -125,14 +125,14 @@ class ChangeDataModule(LightningDataModule):
 
         generate_dataset(
             self.root,
-            counts={str(k): int(v) for k, v in dict(self.synthetic["counts"]).items()},
-            size=int(self.synthetic.get("size", 64)),
-            seed=int(self.synthetic.get("seed", 0)),
+            counts={str(k): v for k, v in dict(self.synthetic["counts"]).items()},
+            size=self.synthetic.get("size", 64),
+            seed=self.synthetic.get("seed", 0),
         )
 
     def setup(self, stage: str | None = None) -> None:
         """Validate the splits that ``stage`` needs and build (or read) their CAR indexes."""
-        if self.synthetic is not None and not self.root.is_dir():
+        if self.synthetic is not None:
             self.prepare_data()
         for split in _STAGE_SPLITS.get(stage, SPLITS):
             self._split(split)
@@ -212,8 +212,15 @@ class ChangeDataModule(LightningDataModule):
         root = require_root(self.root, self.name)
         folder = root / self.splits[split]
         positions: Sequence[int] | None = None
-        if split in ("train", "val") and not (root / self.splits["val"]).is_dir():
+        has_val = (root / self.splits["val"]).is_dir()
+        if split in ("train", "val") and not has_val:
             folder, positions = self._held_out(root, split)
+        elif split == "val" and self.val_from_train:
+            log.warning(
+                "%s exists: using it for validation, not the first %d training pairs",
+                root / self.splits["val"],
+                self.val_from_train,
+            )
         samples, index = self._folder(folder)
         if positions is not None:
             samples, index = [samples[p] for p in positions], index.subset(positions)

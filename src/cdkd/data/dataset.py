@@ -62,8 +62,9 @@ class ChangeDetectionDataset(Dataset):
         }
 
     def _normalise(self, image: np.ndarray) -> torch.Tensor:
-        chw = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)
-        return ((chw - self.mean) / self.std).contiguous()
+        """``uint8 [H, W, 3]`` to a normalised float32 ``[3, H, W]`` tensor (one float copy)."""
+        chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+        return chw.sub_(self.mean).div_(self.std)
 
 
 def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -78,6 +79,8 @@ def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
     def pad(tensor: torch.Tensor, value: float) -> torch.Tensor:
         bottom, right = height - tensor.shape[-2], width - tensor.shape[-1]
+        if bottom == 0 and right == 0:
+            return tensor
         return torch.nn.functional.pad(tensor, (0, right, 0, bottom), value=value)
 
     return {

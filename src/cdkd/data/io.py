@@ -11,6 +11,8 @@ from cdkd.errors import DataError
 from cdkd.files import atomic_path
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: Pillow modes whose values are 8-bit and convert to RGB without clipping.
+EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"})
 
 
 def _open(path: Path) -> Image.Image:
@@ -29,28 +31,17 @@ def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to ``uint8 [H, W, 3]`` RGB (grayscale, palette and RGBA converted)."""
     path = Path(path)
     img = _open(path)
+    if img.mode not in EIGHT_BIT_MODES:
+        raise DataError(f"{path}: image mode {img.mode} is not 8-bit; convert it to 8-bit RGB")
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.array(img, dtype=np.uint8)
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file, read from its header only."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable or corrupt image ({exc})") from exc
-    return height, width
-
-
 def binarise_label(values: np.ndarray, path: str | Path) -> np.ndarray:
     """Map a decoded label to ``uint8 {0, 1}``.
 
-    Accepted encodings: 0/255 masks (``>= 128`` means changed) and 0/1 masks. Any other value
+    Accepted encodings: 0/255 masks (255 means changed) and 0/1 masks. Any other value
     (e.g. class indices 0/1/2 or anti-aliased edges) is an error naming the file, since
     guessing would silently change the ground truth.
     """

@@ -61,7 +61,7 @@ def run_evaluation(
         pred = model.predict(resize_logits(logits.float(), tuple(mask.shape[-2:])))
         metrics.update(pred, mask)
         names.extend(batch["name"])
-        cars.append(change_area_ratio(mask).cpu())
+        cars.append(change_area_ratio(mask))
         if predictions_dir is not None:
             sizes = batch.get("size")
             for i, name in enumerate(batch["name"]):
@@ -70,7 +70,7 @@ def run_evaluation(
                 write_mask(target, pred[i, :h, :w].cpu().numpy())
     if not names:
         raise ValueError("evaluation received no images")
-    return Evaluation(names, torch.cat(cars), metrics)
+    return Evaluation(names, torch.cat(cars).cpu(), metrics)
 
 
 def write_evaluation(

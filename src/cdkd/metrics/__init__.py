@@ -2,7 +2,6 @@
 
 from cdkd.metrics.change import (
     CLASSES,
-    COUNT_KEYS,
     EMPTY_POLICIES,
     MEAN_KEYS,
     METRIC_KEYS,
@@ -15,7 +14,6 @@ from cdkd.metrics.change import (
 
 __all__ = [
     "CLASSES",
-    "COUNT_KEYS",
     "EMPTY_POLICIES",
     "MEAN_KEYS",
     "METRIC_KEYS",

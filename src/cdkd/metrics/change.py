@@ -31,7 +31,6 @@ METRIC_KEYS: tuple[str, ...] = (
     "Fscore_unchanged",
     "Fscore_changed",
 )
-COUNT_KEYS: tuple[str, ...] = ("tp", "fp", "fn", "tn")
 EMPTY_POLICIES: tuple[str, ...] = ("one", "zero", "skip")
 
 

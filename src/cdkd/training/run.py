@@ -159,7 +159,8 @@ def evaluate_best(
     """Score the best checkpoint on val (what selected it) and test; write ``metrics.json``.
 
     Each split's full results (metrics, per-image CSV) go to ``run_dir/eval/<split>/``; the
-    run's ``metrics.json`` summarises both splits.
+    run's ``metrics.json`` summarises both splits and records the checksums of the CAR
+    indexes of the data it saw.
     """
     net = load_network(best_path, expected_model=cfg.model.name)
     device = "cuda" if uses_gpu(cfg) else "cpu"
@@ -175,5 +176,8 @@ def evaluate_best(
             extra={"split": split, "checkpoint": str(best_path)},
         )
         summary[split] = {k: result[k] for k in ("count", "per_image", "pooled")}
+    summary["car_index_sha256"] = {
+        split: datamodule.index_checksum(split) for split in ("train", "val", "test")
+    }
     write_json_atomic(run_dir / "metrics.json", summary)
     return summary
