@@ -289,3 +289,36 @@ def test_origin_partition_routes_by_origin_predicted_car() -> None:
     assert confusion["gt_small"] == {"pred_small": 1, "pred_medium": 0, "pred_large": 0}
     assert confusion["gt_medium"] == {"pred_small": 0, "pred_medium": 1, "pred_large": 0}
     assert confusion["gt_large"] == {"pred_small": 1, "pred_medium": 0, "pred_large": 1}
+
+
+def test_student_trains_under_two_process_ddp(checkpoints: dict[str, Any]) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = checkpoints["dir"]
+    teachers = ", ".join(f"{b}: '{p}'" for b, p in checkpoints["teachers"].items())
+    args = [
+        "experiment=smoke",
+        "model=fc_siam_diff",
+        "stage=student",
+        "logger=none",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"paths.data_dir={root / 'data'}",
+        f"paths.runs_dir={root / 'runs'}",
+        f"distill.init={checkpoints['origin']}",
+        f"distill.teachers={{{teachers}}}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdkd.train", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = root / "runs" / "synthetic" / "fc_siam_diff" / "student" / "lambda_0.001"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val"]["count"] == 12 and metrics["test"]["count"] == 12

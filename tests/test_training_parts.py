@@ -68,3 +68,15 @@ def test_sliding_window_equals_whole_image_for_pointwise_model() -> None:
     tiled = sliding_window_logits(model, x1, x2, tile=32, overlap=8)
     assert tiled.shape == (1, 2, 70, 90)
     assert torch.allclose(whole, tiled, atol=1e-5)
+
+
+def test_any_image_size_gives_full_resolution_logits() -> None:
+    from cdkd.models import create_model
+
+    model = create_model("tinycd").eval()
+    x1, x2 = torch.randn(1, 3, 37, 45), torch.randn(1, 3, 37, 45)
+    with torch.no_grad():
+        whole = sliding_window_logits(model, x1, x2, tile=64, overlap=16)
+        tiled = sliding_window_logits(model, x1, x2, tile=32, overlap=8)
+    assert whole.shape == tiled.shape == (1, 1, 37, 45)
+    assert torch.isfinite(tiled).all()

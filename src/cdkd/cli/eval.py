@@ -12,7 +12,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -40,7 +40,7 @@ def build_origin_partition(cfg: DictConfig) -> Any:
         cfg.distill.teacher_dir,
         cfg.partition.teacher_stages,
         cfg.partition.run_suffix,
-        OmegaConf.to_container(cfg.distill.teachers, resolve=True),
+        cfg.distill.teachers,
     )
     origin = load_network(cfg.distill.init, expected_model=cfg.model.name)
     teacher_model = cfg.distill.teacher_model

@@ -49,7 +49,8 @@ def run_evaluation(
     """Predict every batch, accumulate the metrics, optionally write 0/255 prediction PNGs."""
     device = torch.device(device)
     model = model.to(device).eval()
-    metrics = ChangeMetrics(empty_policy=empty_policy).to(device)
+    # One process scores the whole split: never gather from other ranks, even under DDP.
+    metrics = ChangeMetrics(empty_policy=empty_policy, sync_on_compute=False).to(device)
     names: list[str] = []
     cars: list[torch.Tensor] = []
     for batch in track(batches, description="evaluating", total=total, transient=True):

@@ -211,7 +211,8 @@ class ChangeMetrics(Metric):
 
         Under DDP this gathers from all ranks, so every rank must call it.
         """
-        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=not self._is_synced):
+        should_sync = self.sync_on_compute and not self._is_synced
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=should_sync):
             return self._all_counts().clone()
 
     def per_image_scores(self) -> Tensor:

@@ -90,8 +90,9 @@ class ChangeDetectionModule(L.LightningModule):
         per_image, pooled = result["per_image"], result["pooled"]
         logs = {f"val/{k}": v for k, v in per_image.items() if k.startswith("m")}
         logs.update({f"val/pooled_{k}": v for k, v in pooled.items() if k.startswith("m")})
-        self.log("val/mIoU", logs.pop("val/mIoU"), prog_bar=True)
-        self.log_dict(logs)
+        # The values are already gathered over all ranks; sync_dist only keeps Lightning quiet.
+        self.log("val/mIoU", logs.pop("val/mIoU"), prog_bar=True, sync_dist=True)
+        self.log_dict(logs, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = dict(self.hparams.optimizer or {})

@@ -95,7 +95,7 @@ def build_module(cfg: DictConfig, max_steps: int) -> ChangeDetectionModule:
         distill.teacher_dir,
         cfg.partition.teacher_stages,
         cfg.partition.run_suffix,
-        OmegaConf.to_container(distill.teachers, resolve=True),
+        distill.teachers,
     )
     try:
         return DistillationModule(
@@ -130,8 +130,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    extra: dict[str, Any] = {}
+    if not uses_gpu(cfg) and cfg.trainer.get("sync_batchnorm"):
+        extra["sync_batchnorm"] = False  # SyncBatchNorm exists only for CUDA devices
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        **extra,
         max_steps=max_steps,
         val_check_interval=min(int(cfg.schedule.val_every), max_steps),
         precision=resolve_precision(cfg),
