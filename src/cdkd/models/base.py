@@ -17,8 +17,9 @@ class ChangeModel(nn.Module):
     trained with cross-entropy, 1 for a single change logit trained with BCE.
 
     Subclasses that carry training-only auxiliary heads build them only when constructed with
-    ``aux_heads=True`` and return them from :meth:`forward_with_aux`, so the parameter count of
-    a default-built model is the inference network's.
+    ``aux_heads=True``, keep them in attributes named ``aux_*`` and return their logits from
+    :meth:`forward_with_aux`; so the parameter count of a default-built model is the inference
+    network's, and a checkpoint trained with the heads loads into the network without them.
     """
 
     out_channels: int = 2

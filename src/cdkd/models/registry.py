@@ -20,28 +20,57 @@ M = TypeVar("M", bound=type[ChangeModel])
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """What the model-zoo table says about a registered model.
+
+    Attributes:
+        family: "CNN", "Transformer" or "Foundation model" (the paper's three groups).
+        backbone: the backbone as Table II names it.
+        paper_params: Table II parameter count in millions (the true count where Table II's
+            value carries the x1.024 unit slip).
+        paper_gflops: Table II computation at 512x512 in G (multiply-adds), or None.
+        pretrained: where ``pretrained=true`` loads backbone weights from ("none" if nothing).
+        distill_target: which head output the student stage distils.
+        test_overrides: constructor overrides that shrink the network for quick tests (e.g.
+            fewer blocks); the size test always uses the real configuration.
+    """
+
+    family: str
+    backbone: str
+    paper_params: float
+    paper_gflops: float | None = None
+    pretrained: str = "none"
+    distill_target: str = "the decode head's logits"
+    test_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its class and the constructor defaults of this name."""
+    """A registered model: its class, the constructor defaults of this name, its zoo facts."""
 
     name: str
     cls: type[ChangeModel]
     defaults: dict[str, Any] = field(default_factory=dict)
+    info: ModelInfo | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+
+#: Name prefix of a network's training-only auxiliary heads (built with ``aux_heads=True``).
+AUX_PREFIX = "aux_"
 
 #: Attribute under which cdkd's LightningModules hold the network; a training checkpoint's
 #: ``state_dict`` keys carry it as a prefix.
 NETWORK_PREFIX = "net."
 
 
-def register_model(name: str, **defaults: Any) -> Callable[[M], M]:
+def register_model(name: str, info: ModelInfo | None = None, **defaults: Any) -> Callable[[M], M]:
     """Class decorator registering ``cls`` under ``name`` with constructor ``defaults``."""
 
     def wrap(cls: M) -> M:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is registered twice")
-        _REGISTRY[name] = ModelEntry(name, cls, dict(defaults))
+        _REGISTRY[name] = ModelEntry(name, cls, dict(defaults), info)
         return cls
 
     return wrap
@@ -105,8 +134,11 @@ def create_model(
     kwargs.update(overrides)
     model = entry.cls(pretrained=pretrained, **kwargs)
     if state is not None:
-        context = f"{weights}: weights do not fit model '{name}'"
-        load_strict(model, model.convert_state_dict(state), context)
+        state = model.convert_state_dict(state)
+        own = model.state_dict()
+        # A checkpoint trained with auxiliary heads also loads into the inference network.
+        state = {k: v for k, v in state.items() if not k.startswith(AUX_PREFIX) or k in own}
+        load_strict(model, state, f"{weights}: weights do not fit model '{name}'")
     return model
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -10,7 +10,7 @@ import torch
 
 from cdkd.metrics import ChangeMetrics
 from cdkd.models import ChangeModel, create_model
-from cdkd.training.losses import TaskLoss, resize_logits
+from cdkd.training.losses import build_loss, resize_logits
 from cdkd.training.schedule import warmup_decay
 
 
@@ -25,7 +25,11 @@ class ChangeDetectionModule(L.LightningModule):
         model_kwargs: constructor overrides for :func:`cdkd.models.create_model`.
         weights: optional checkpoint loaded into the network before training.
         pretrained: load the backbone's ImageNet weights (needs network).
-        loss: ``ce`` (2-channel) or ``bce`` (1-channel).
+        loss: a loss name of :data:`cdkd.training.losses.LOSSES` (``ce``, ``ce_ohem``, ``bce``,
+            ``bce_dice``, ``bcl``) or a mapping ``{kind: ..., <option>: ...}``.
+        aux_weights: weights of the training-only auxiliary heads (deep supervision); when
+            given, the network is built with ``aux_heads=True`` and must return as many.
+        aux_loss: loss of the auxiliary heads (default: the main loss).
         optimizer: AdamW settings ``lr``, ``weight_decay``, ``betas``.
         scheduler: decay after the warm-up, ``linear`` or ``cosine``.
         max_steps: optimizer steps of the whole run (the schedule reaches 0 there).
@@ -41,7 +45,9 @@ class ChangeDetectionModule(L.LightningModule):
         model_kwargs: Mapping[str, Any] | None = None,
         weights: str | None = None,
         pretrained: bool = False,
-        loss: str = "ce",
+        loss: str | Mapping[str, Any] = "ce",
+        aux_weights: Sequence[float] = (),
+        aux_loss: str | Mapping[str, Any] | None = None,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: str = "linear",
         max_steps: int = 200_000,
@@ -52,10 +58,15 @@ class ChangeDetectionModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        kwargs = dict(model_kwargs or {})
+        if aux_weights:
+            kwargs["aux_heads"] = True
         self.net: ChangeModel = create_model(
-            model, weights=weights, pretrained=pretrained, **dict(model_kwargs or {})
+            model, weights=weights, pretrained=pretrained, **kwargs
         )
-        self.criterion = TaskLoss(loss)
+        self.criterion = build_loss(loss)
+        self.aux_criterion = build_loss(aux_loss) if aux_loss is not None else self.criterion
+        self.aux_weights = [float(w) for w in aux_weights]
         if self.criterion.out_channels != self.net.out_channels:
             raise ValueError(
                 f"loss '{loss}' expects {self.criterion.out_channels} logit channel(s) but model "
@@ -69,9 +80,14 @@ class ChangeDetectionModule(L.LightningModule):
     def task_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Task loss of a batch (main head plus any auxiliary heads) and the main logits."""
         logits, aux = self.net.forward_with_aux(batch["image1"], batch["image2"])
+        if len(aux) != len(self.aux_weights):
+            raise ValueError(
+                f"model '{self.hparams.model}' returned {len(aux)} auxiliary outputs for "
+                f"{len(self.aux_weights)} aux_weights"
+            )
         loss = self.criterion(logits, batch["mask"])
-        for aux_logits in aux:
-            loss = loss + self.criterion(aux_logits, batch["mask"])
+        for weight, aux_logits in zip(self.aux_weights, aux, strict=True):
+            loss = loss + weight * self.aux_criterion(aux_logits, batch["mask"])
         return loss, logits
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:

@@ -65,6 +65,11 @@ def resolve_precision(cfg: DictConfig) -> str:
     return "bf16-mixed" if uses_gpu(cfg) else "32-true"
 
 
+def _plain(value: Any) -> Any:
+    """A config value as plain Python (mappings and lists converted, scalars unchanged)."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def build_module(cfg: DictConfig, max_steps: int) -> ChangeDetectionModule:
     """The LightningModule of the configured stage, with provenance recorded in its hparams."""
     model = cfg.model
@@ -72,16 +77,18 @@ def build_module(cfg: DictConfig, max_steps: int) -> ChangeDetectionModule:
         "stage": cfg.stage.name,
         "bucket": cfg.stage.bucket,
         "data": cfg.data.name,
-        "normalize": OmegaConf.to_container(model.normalize, resolve=True),
-        "partition": OmegaConf.to_container(cfg.partition, resolve=True),
+        "normalize": _plain(model.normalize),
+        "partition": _plain(cfg.partition),
     }
     common: dict[str, Any] = {
         "model": model.name,
-        "model_kwargs": OmegaConf.to_container(model.kwargs, resolve=True),
+        "model_kwargs": _plain(model.kwargs),
         "weights": model.weights,
         "pretrained": bool(model.pretrained),
-        "loss": model.loss,
-        "optimizer": OmegaConf.to_container(model.optimizer, resolve=True),
+        "loss": _plain(model.loss),
+        "aux_weights": list(model.get("aux_weights") or []),
+        "aux_loss": _plain(model.get("aux_loss")),
+        "optimizer": _plain(model.optimizer),
         "scheduler": model.scheduler,
         "max_steps": max_steps,
         "warmup_steps": int(cfg.schedule.warmup_steps),

@@ -1,5 +1,7 @@
-"""Network implementations; importing this package registers every model by name."""
+"""The networks of the zoo; importing this package registers every module in it."""
 
-from cdkd.models.zoo import fcsn, tinycd
+import importlib
+import pkgutil
 
-__all__ = ["fcsn", "tinycd"]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

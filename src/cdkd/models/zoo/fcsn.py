@@ -26,7 +26,7 @@ from torch import nn
 
 from cdkd.errors import ConfigError
 from cdkd.models.base import ChangeModel
-from cdkd.models.registry import register_model
+from cdkd.models.registry import ModelInfo, register_model
 
 Fusion = Literal["early", "conc", "diff"]
 
@@ -50,9 +50,9 @@ def _decoder_conv(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(in_channels, out_channels, kernel_size=3, padding=1)
 
 
-@register_model("fc_ef", fusion="early")
-@register_model("fc_siam_conc", fusion="conc")
-@register_model("fc_siam_diff", fusion="diff")
+@register_model("fc_ef", info=ModelInfo("CNN", "CNN", 1.353, 12.976), fusion="early")
+@register_model("fc_siam_conc", info=ModelInfo("CNN", "CNN", 1.548, 19.956), fusion="conc")
+@register_model("fc_siam_diff", info=ModelInfo("CNN", "CNN", 1.352, 17.540), fusion="diff")
 class FullyConvCD(ChangeModel):
     """FC-EF / FC-Siam-conc / FC-Siam-diff with a 2-channel (unchanged, changed) output.
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdkd.models.base import ChangeModel
-from cdkd.models.registry import register_model
+from cdkd.models.registry import ModelInfo, register_model
 
 #: Stochastic-depth rate spread over EfficientNet-B4's blocks, as in torchvision's build that
 #: Open-CD trains (timm and torchvision scale it by block index over the same 32 blocks).
@@ -100,7 +100,17 @@ class UpMask(nn.Module):
         return self.block(x * mask)
 
 
-@register_model("tinycd")
+@register_model(
+    "tinycd",
+    info=ModelInfo(
+        "CNN",
+        "EfficientNet-B4 (first stages)",
+        0.285,
+        5.791,
+        pretrained="timm efficientnet_b4 (ImageNet)",
+        distill_target="the 1-channel change logit at full resolution",
+    ),
+)
 class TinyCD(ChangeModel):
     """TinyCD with a one-channel change logit at full input resolution.
 
