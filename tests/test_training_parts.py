@@ -80,3 +80,25 @@ def test_any_image_size_gives_full_resolution_logits() -> None:
         tiled = sliding_window_logits(model, x1, x2, tile=32, overlap=8)
     assert whole.shape == tiled.shape == (1, 1, 37, 45)
     assert torch.isfinite(tiled).all()
+
+
+def test_parameter_groups_apply_lr_multipliers_and_no_decay() -> None:
+    from torch import nn
+
+    from cdkd.training.module import parameter_groups
+
+    net = nn.ModuleDict(
+        {"backbone": nn.Linear(2, 2), "norm": nn.LayerNorm(2), "decode_head": nn.Linear(2, 1)}
+    )
+    net["backbone"].bias.requires_grad_(False)
+    opt = {"lr": 1e-4, "weight_decay": 0.01, "lr_mult": {"decode_head": 10}, "no_decay": ["norm"]}
+    groups = parameter_groups(net, opt)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert by_id[id(net["decode_head"].weight)]["lr"] == pytest.approx(1e-3)
+    assert by_id[id(net["norm"].weight)]["weight_decay"] == 0.0
+    assert by_id[id(net["backbone"].weight)] == {
+        "params": by_id[id(net["backbone"].weight)]["params"],
+        "lr": 1e-4,
+        "weight_decay": 0.01,
+    }
+    assert id(net["backbone"].bias) not in by_id  # frozen: no optimizer state

@@ -113,9 +113,8 @@ class ChangeDetectionModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = dict(self.hparams.optimizer or {})
         lr = float(opt_cfg.get("lr", 1e-3))
-        params = [p for p in self.net.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            params,
+            parameter_groups(self.net, opt_cfg),
             lr=lr,
             betas=tuple(opt_cfg.get("betas", (0.9, 0.99))),
             weight_decay=float(opt_cfg.get("weight_decay", 0.01)),
@@ -132,3 +131,29 @@ class ChangeDetectionModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def parameter_groups(net: torch.nn.Module, opt_cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable parameters, with per-name LR and decay rules.
+
+    ``opt_cfg["lr_mult"]`` maps a name fragment to a learning-rate multiplier (the first
+    fragment contained in a parameter's name applies; e.g. ``{decode_head: 10}``) and
+    ``opt_cfg["no_decay"]`` lists name fragments whose parameters get no weight decay (e.g.
+    ``[norm, pos_block]``), as the reference configs' ``paramwise_cfg`` do. Frozen parameters
+    are left out, so they get no optimizer state.
+    """
+    lr = float(opt_cfg.get("lr", 1e-3))
+    decay = float(opt_cfg.get("weight_decay", 0.01))
+    lr_mult = {str(k): float(v) for k, v in dict(opt_cfg.get("lr_mult") or {}).items()}
+    no_decay = [str(f) for f in opt_cfg.get("no_decay") or []]
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
+        mult = next((m for fragment, m in lr_mult.items() if fragment in name), 1.0)
+        decayed = not any(fragment in name for fragment in no_decay)
+        groups.setdefault((mult, decayed), []).append(param)
+    return [
+        {"params": params, "lr": lr * mult, "weight_decay": decay if decayed else 0.0}
+        for (mult, decayed), params in groups.items()
+    ]

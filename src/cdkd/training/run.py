@@ -138,6 +138,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     extra: dict[str, Any] = {}
+    if cfg.trainer.get("gradient_clip_val") is None and cfg.model.get("grad_clip") is not None:
+        extra["gradient_clip_val"] = float(cfg.model.grad_clip)  # the model's own recipe
     if not uses_gpu(cfg) and cfg.trainer.get("sync_batchnorm"):
         extra["sync_batchnorm"] = False  # SyncBatchNorm exists only for CUDA devices
     trainer: L.Trainer = instantiate(
