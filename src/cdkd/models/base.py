@@ -23,8 +23,10 @@ class ChangeModel(nn.Module):
     """
 
     out_channels: int = 2
-    #: Architecture family shown in the model-zoo table: "cnn", "transformer" or "foundation".
-    family: ClassVar[str] = "cnn"
+    #: What the head's raw output measures. Two networks' raw outputs are only compared
+    #: directly (e.g. for distillation) when this and the channel count agree; "distance"
+    #: marks a metric-learning head (STANet) whose output is not a logit.
+    output_space: ClassVar[str] = "logits"
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -48,11 +48,13 @@ def align_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring teacher logits into the student's space for the MSE.
 
-    Same channel count: compared as they are. Otherwise (a 1-channel head against a
-    2-channel head) both sides become change log-odds (``logit_changed - logit_unchanged``
-    for two channels). Teacher logits are resized to the student head's resolution.
+    Heads of the same width and output space are compared as they are. Otherwise (a
+    1-channel head against a 2-channel head, or a distance map against logits) both sides
+    become change log-odds (``logit_changed - logit_unchanged`` for two channels, ``distance -
+    1`` for STANet). Teacher logits are resized to the student head's resolution.
     """
-    if teacher_logits.shape[1] != student_logits.shape[1]:
+    same_space = student.output_space == teacher.output_space
+    if teacher_logits.shape[1] != student_logits.shape[1] or not same_space:
         student_logits = student.change_logit(student_logits)
         teacher_logits = teacher.change_logit(teacher_logits)
     return student_logits, resize_logits(teacher_logits, tuple(student_logits.shape[-2:]))
