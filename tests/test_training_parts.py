@@ -102,3 +102,35 @@ def test_parameter_groups_apply_lr_multipliers_and_no_decay() -> None:
         "weight_decay": 0.01,
     }
     assert id(net["backbone"].bias) not in by_id  # frozen: no optimizer state
+
+
+class _FakeData:
+    """Stands in for a datamodule with 488 training batches (JL1-CD: 3900 pairs / 8)."""
+
+    def setup(self, stage: str) -> None:
+        self.stage = stage
+
+    def train_dataloader(self) -> list[int]:
+        return list(range(488))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model=ttp_sam_l", "data=jl1cd"], (300 * 488, 5 * 488, 5 * 488)),
+        (["model=ttp_sam_l", "data=jl1cd", "stage=student"], (100 * 488, 5 * 488, 5 * 488)),
+        (["model=ttp_sam_l", "data=jl1cd", "trainer.devices=2"], (300 * 244, 5 * 244, 5 * 244)),
+        (["model=ttp_sam_l"], (300, 30, 100)),  # the short synthetic schedule keeps its steps
+        (["model=tinycd", "data=jl1cd", "stage=student"], (100_000, 1000, 1000)),
+    ],
+)
+def test_schedule_in_steps_or_model_epochs(overrides: list[str], expected: tuple) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from cdkd.cli.common import config_dir
+    from cdkd.training.run import resolve_schedule
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    schedule = resolve_schedule(cfg, _FakeData())
+    assert (schedule.max_steps, schedule.warmup_steps, schedule.val_every) == expected

@@ -42,7 +42,11 @@ def load_network(path: str | Path, expected_model: str | None = None) -> ChangeM
     another architecture than ``expected_model``.
     """
     hparams = read_hparams(path, expected_model)
-    return create_model(hparams["model"], weights=path, **dict(hparams.get("model_kwargs") or {}))
+    # The checkpoint holds every weight: sources of initial weights (e.g. a foundation
+    # encoder's file, which may not exist on this machine) are not read again.
+    recorded = dict(hparams.get("model_kwargs") or {})
+    kwargs = {k: v for k, v in recorded.items() if not k.endswith("weights")}
+    return create_model(hparams["model"], weights=path, **kwargs)
 
 
 def load_teacher(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +72,38 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def build_module(cfg: DictConfig, max_steps: int) -> ChangeDetectionModule:
+@dataclass(frozen=True)
+class Schedule:
+    """Optimizer steps of a run: total, warm-up, and between validations."""
+
+    max_steps: int
+    warmup_steps: int
+    val_every: int
+
+
+def resolve_schedule(cfg: DictConfig, datamodule: Any) -> Schedule:
+    """The run's schedule in steps.
+
+    From ``cfg.schedule`` (the student takes ``distill_max_steps``), unless the model counts
+    its recipe in epochs (``model.epochs``, e.g. TTP) and the schedule accepts that
+    (``schedule.model_epochs``, true for the paper's schedule): then epochs are converted
+    with the number of training batches per process.
+    """
+    distill = cfg.stage.kind == "distill"
+    epochs = cfg.model.get("epochs")
+    if epochs is None or not cfg.schedule.get("model_epochs", False):
+        steps = int(cfg.schedule["distill_max_steps" if distill else "max_steps"])
+        return Schedule(steps, int(cfg.schedule.warmup_steps), int(cfg.schedule.val_every))
+    datamodule.setup("fit")
+    devices = cfg.trainer.devices
+    count = len(devices) if OmegaConf.is_list(devices) else devices
+    world = (count if isinstance(count, int) else 1) * int(cfg.trainer.num_nodes)
+    per_epoch = max(1, math.ceil(len(datamodule.train_dataloader()) / world))
+    steps = int(epochs["distill" if distill else "max"]) * per_epoch
+    return Schedule(steps, int(epochs.warmup) * per_epoch, int(epochs.val_every) * per_epoch)
+
+
+def build_module(cfg: DictConfig, schedule: Schedule) -> ChangeDetectionModule:
     """The LightningModule of the configured stage, with provenance recorded in its hparams."""
     model = cfg.model
     meta = {
@@ -90,8 +123,8 @@ def build_module(cfg: DictConfig, max_steps: int) -> ChangeDetectionModule:
         "aux_loss": _plain(model.get("aux_loss")),
         "optimizer": _plain(model.optimizer),
         "scheduler": model.scheduler,
-        "max_steps": max_steps,
-        "warmup_steps": int(cfg.schedule.warmup_steps),
+        "max_steps": schedule.max_steps,
+        "warmup_steps": schedule.warmup_steps,
         "empty_policy": cfg.empty_policy,
         "meta": meta,
     }
@@ -129,10 +162,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    steps_key = "distill_max_steps" if cfg.stage.kind == "distill" else "max_steps"
-    max_steps = int(cfg.schedule[steps_key])
-    module = build_module(cfg, max_steps)
     datamodule = instantiate(cfg.data)
+    schedule = resolve_schedule(cfg, datamodule)
+    module = build_module(cfg, schedule)
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
@@ -145,8 +177,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         **extra,
-        max_steps=max_steps,
-        val_check_interval=min(int(cfg.schedule.val_every), max_steps),
+        max_steps=schedule.max_steps,
+        val_check_interval=min(schedule.val_every, schedule.max_steps),
         precision=resolve_precision(cfg),
         callbacks=callbacks,
         logger=loggers or False,
