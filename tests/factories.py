@@ -15,6 +15,7 @@ THREE: dict[str, Any] = {
     "thresholds": [0.05, 0.2],
     "buckets": ["small", "medium", "large"],
 }
+TWO: dict[str, Any] = {"name": "two", "thresholds": [0.1], "buckets": ["small", "large"]}
 
 
 def default_loss(model: str) -> str:
