@@ -128,3 +128,40 @@ def test_config_composes_with_every_stage(name: str) -> None:
             cfg = compose("train", overrides=[f"model={name}", f"stage={stage}"])
             assert cfg.model.name == name and cfg.stage.name == stage
             assert name in cfg.run_dir
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_origin_partition_inference(name: str) -> None:
+    from cdkd.inference.origin_partition import OriginPartition
+    from cdkd.partition import PartitionScheme
+
+    net = create_model(name, **get_entry(name).info.test_overrides).eval()
+    op = OriginPartition(net, [net, net], PartitionScheme.create("two"))
+    data = batch()
+    with torch.no_grad():
+        logits = op(data["image1"], data["image2"])
+        direct = net(data["image1"], data["image2"])
+    assert logits.shape == direct.shape
+    assert torch.allclose(logits, direct, atol=1e-5)  # every teacher is M_O itself here
+    assert op.predict(logits).dtype == torch.bool
+
+
+BIG = [n for n in MODELS if get_entry(n).info.family != "CNN"]
+
+
+@pytest.mark.parametrize("name", BIG)
+def test_teaches_a_small_student_across_architectures(name: str, tmp_path: Path) -> None:
+    init = save_checkpoint(tmp_path / "tiny.ckpt", "tinycd", partition=TWO)
+    teachers = save_teachers(tmp_path, name, partition=TWO, **module_kwargs(name))
+    student = DistillationModule(
+        init=str(init),
+        teachers=teachers,
+        distill_lambda=1.0,
+        partition=TWO,
+        teacher_model=name,
+        model="tinycd",
+        loss="bce",
+    ).train()
+    loss = student.training_step(batch(), 0)
+    loss.backward()
+    assert torch.isfinite(loss)
