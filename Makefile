@@ -7,7 +7,7 @@ MODEL ?= fc_siam_diff
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: help install test test-all lint format demo train pipeline pipeline-two sweep bench clean
+.PHONY: help install test test-all lint format demo train pipeline pipeline-two sweep analyze bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ pipeline-two: install ## the same with two teachers split at CAR 0.10 (paper Tab
 sweep: install ## the paper's lambda grid for the student, then its summary table
 	$(BIN)/python -m cdkd.train hparams_search=lambda_grid model=$(MODEL) data=$(DATA) $(ARGS)
 	$(BIN)/python -m cdkd.report sweep=runs/$(DATA)/$(MODEL)/student
+
+analyze: install ## the paper's figures and tables for a model whose pipeline has run
+	$(BIN)/python -m cdkd.analyze model=$(MODEL) data=$(DATA) $(ARGS)
 
 bench: install ## student vs baseline training-step time (JSON lines)
 	$(BIN)/python scripts/bench.py $(ARGS)

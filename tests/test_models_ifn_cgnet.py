@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cdkd.models import create_model
+from cdkd.models import backbones, create_model
 from cdkd.models.zoo import cgnet, ifn
 
 #: Parameter counts of the Open-CD builds (model_zoo.md 2.3 and 2.12).
@@ -96,7 +96,7 @@ def _fake_timm(calls: list[tuple[str, bool]]) -> Any:
 
     def create(name: str, pretrained: bool = False) -> SimpleNamespace:
         calls.append((name, pretrained))
-        features = ifn.vgg16_features(batch_norm=name.endswith("_bn"))
+        features = backbones.vgg16_features(batch_norm=name.endswith("_bn"))
         for tensor in features.state_dict().values():
             tensor.fill_(MARK)
         return SimpleNamespace(features=features)
@@ -108,7 +108,7 @@ def test_ifn_pretrained_loads_imagenet_vgg_and_freezes_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls: list[tuple[str, bool]] = []
-    monkeypatch.setattr(ifn.timm, "create_model", _fake_timm(calls))
+    monkeypatch.setattr(backbones.timm, "create_model", _fake_timm(calls))
     with caplog.at_level(logging.INFO, logger=ifn.__name__):
         model = create_model("ifn", pretrained=True).train()
     assert calls == [("vgg16", True)]
@@ -124,7 +124,7 @@ def test_cgnet_pretrained_loads_imagenet_vgg_bn_and_keeps_it_trainable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[tuple[str, bool]] = []
-    monkeypatch.setattr(ifn.timm, "create_model", _fake_timm(calls))
+    monkeypatch.setattr(backbones.timm, "create_model", _fake_timm(calls))
     model = create_model("cgnet", pretrained=True)
     assert calls == [("vgg16_bn", True)]
     assert all((p == MARK).all() and p.requires_grad for p in model.encoder.parameters())

@@ -68,3 +68,35 @@ def mix_transformer(variant: str = "mit_b0", pretrained: bool = False) -> nn.Mod
     ``pretrained`` loads smp's ImageNet weights.
     """
     return smp.encoders.get_encoder(variant, weights="imagenet" if pretrained else None)
+
+
+#: Convolution widths of VGG-16, stage by stage.
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def vgg16_features(batch_norm: bool, pretrained: bool = False) -> nn.Sequential:
+    """VGG-16's convolutional layers up to (not including) the last max-pool.
+
+    The layers are numbered as in torchvision and timm (conv, [BN,] ReLU per convolution, a
+    max-pool between stages): 30 modules without BN, 43 with. The network is built directly,
+    which skips the 100 M-parameter classifier a full ``vgg16`` would initialise first;
+    ``pretrained`` loads timm's ImageNet weights (``vgg16.tv_in1k`` / ``vgg16_bn.tv_in1k``, the
+    torchvision release), which needs a network connection.
+    """
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for index, widths in enumerate(VGG16_STAGES):
+        if index:
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        for width in widths:
+            layers.append(nn.Conv2d(in_channels, width, kernel_size=3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
+            in_channels = width
+    features = nn.Sequential(*layers)
+    if pretrained:
+        source = timm.create_model("vgg16_bn" if batch_norm else "vgg16", pretrained=True)
+        state = source.features.state_dict()
+        features.load_state_dict({key: state[key] for key in features.state_dict()})
+    return features

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cdkd.models.backbones import vgg16_features
 from cdkd.models.base import ChangeModel
 from cdkd.models.registry import ModelInfo, register_model
-from cdkd.models.zoo.ifn import vgg16_features
 
 #: VGG-16-BN layers kept: up to the BN of the last convolution (its ReLU is left out).
 ENCODER_LAYERS = 42

@@ -7,9 +7,6 @@ conv, concatenation with both dates' skip features, channel attention (from the 
 on), conv-PReLU-BN units, spatial attention and a BN. A 1x1 conv turns every level into one
 change logit: the full-resolution one is the output; the four coarser ones (strides 16, 8, 4
 and 2) are deeply supervised during training.
-
-:func:`vgg16_features` (VGG-16 or VGG-16-BN convolutional layers, with timm's ImageNet weights on
-request) also serves CGNet.
 """
 
 from __future__ import annotations
@@ -18,18 +15,17 @@ import itertools
 import logging
 from collections.abc import Sequence
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cdkd.models.backbones import vgg16_features
 from cdkd.models.base import ChangeModel
 from cdkd.models.registry import ModelInfo, register_model
 
 log = logging.getLogger(__name__)
 
 #: Output widths of VGG-16's 3x3 convolutions, one tuple per stage (a max-pool between stages).
-VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 #: Encoder layers whose outputs feed the decoder (the last ReLU of each stage).
 ENCODER_TAPS = (3, 8, 15, 22, 29)
 #: Channel widths of each decoder level's conv units, deepest level first. A level's input is
@@ -43,34 +39,6 @@ LEVEL_WIDTHS = (
 )
 #: Squeeze ratio of the channel attention's hidden layer.
 ATTENTION_RATIO = 8
-
-
-def vgg16_features(batch_norm: bool, pretrained: bool = False) -> nn.Sequential:
-    """VGG-16's convolutional layers up to (not including) the last max-pool.
-
-    The layers are numbered as in torchvision and timm (conv, [BN,] ReLU per convolution, a
-    max-pool between stages): 30 modules without BN, 43 with. The network is built directly,
-    which skips the 100 M-parameter classifier a full ``vgg16`` would initialise first;
-    ``pretrained`` loads timm's ImageNet weights (``vgg16.tv_in1k`` / ``vgg16_bn.tv_in1k``, the
-    torchvision release), which needs a network connection.
-    """
-    layers: list[nn.Module] = []
-    in_channels = 3
-    for index, widths in enumerate(VGG16_STAGES):
-        if index:
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        for width in widths:
-            layers.append(nn.Conv2d(in_channels, width, kernel_size=3, padding=1))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(width))
-            layers.append(nn.ReLU(inplace=True))
-            in_channels = width
-    features = nn.Sequential(*layers)
-    if pretrained:
-        source = timm.create_model("vgg16_bn" if batch_norm else "vgg16", pretrained=True)
-        state = source.features.state_dict()
-        features.load_state_dict({key: state[key] for key in features.state_dict()})
-    return features
 
 
 class ChannelAttention(nn.Module):
