@@ -140,6 +140,14 @@ def test_smoke_pipeline_writes_the_table_iii_block(trained: dict[str, Path]) -> 
     # The evaluations agree with the files they summarise.
     original = json.loads((model_dir / "eval" / "original" / "test" / "metrics.json").read_text())
     assert results["rows"]["-"]["mIoU"] == original["per_image"]["mIoU"]
+    # The paper's figures and tables come from what the pipeline wrote.
+    items = "what=[car,ranges,classes,models]"
+    run("cdkd.analyze", "experiment=smoke", "model=fc_siam_diff", items, *common, cwd=root)
+    analysis = model_dir / "analysis"
+    for name in ("car_distribution.png", "car_ranges-test.png", "car_ranges-test.md"):
+        assert (analysis / name).stat().st_size > 0, name
+    assert "MTKD" in (analysis / "classes-test.md").read_text()
+    assert "fc_siam_diff" in (root / "runs" / "synthetic" / "results.md").read_text()
     # A second run finds everything done and only rewrites the summary.
     again = run(
         "cdkd.pipeline", "experiment=smoke", "model=fc_siam_diff", "logger=none", *common, cwd=root
