@@ -7,6 +7,7 @@ For O-P it also reports the routing confusion (ground-truth vs predicted CAR buc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -29,19 +30,42 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_origin_partition(cfg: DictConfig) -> Any:
-    """M_O and the partition teachers of ``cfg`` as one O-P model."""
-    from cdkd.inference.origin_partition import OriginPartition
-    from cdkd.training.checkpoints import load_network, load_teacher, teacher_paths
-    from cdkd.training.run import partition_scheme
+def op_teacher_paths(cfg: DictConfig) -> dict[str, Path]:
+    """The teacher checkpoint of each bucket for O-P inference."""
+    from cdkd.training.checkpoints import teacher_paths
 
-    scheme = partition_scheme(cfg)
-    paths = teacher_paths(
+    return teacher_paths(
         cfg.distill.teacher_dir,
         cfg.partition.teacher_stages,
         cfg.partition.run_suffix,
         cfg.distill.teachers,
     )
+
+
+def check_checkpoints(cfg: DictConfig, paths: list[Any]) -> None:
+    """Refuse checkpoints trained with other partition thresholds or data normalisation.
+
+    ``force=true`` skips the check (the checkpoints are still read and their model checked).
+    """
+    from cdkd.training.checkpoints import check_recorded_setup, read_hparams
+
+    if cfg.force:
+        return
+    thresholds = list(cfg.partition.thresholds)
+    for path in paths:
+        check_recorded_setup(
+            path, read_hparams(path), thresholds, list(cfg.data.mean), list(cfg.data.std)
+        )
+
+
+def build_origin_partition(cfg: DictConfig) -> Any:
+    """M_O and the partition teachers of ``cfg`` as one O-P model."""
+    from cdkd.inference.origin_partition import OriginPartition
+    from cdkd.training.checkpoints import load_network, load_teacher
+    from cdkd.training.run import partition_scheme
+
+    scheme = partition_scheme(cfg)
+    paths = op_teacher_paths(cfg)
     origin = load_network(cfg.distill.init, expected_model=cfg.model.name)
     teacher_model = cfg.distill.teacher_model
     teachers = [load_teacher(paths[b], teacher_model, scheme, b) for b in scheme.buckets]
@@ -78,10 +102,12 @@ def main(cfg: DictConfig) -> None:
     if cfg.strategy == "op":
         if cfg.checkpoint is not None:
             raise ConfigError("strategy=op takes distill.init and distill.teachers, not checkpoint")
+        check_checkpoints(cfg, [cfg.distill.init, *op_teacher_paths(cfg).values()])
         model = build_origin_partition(cfg)
         extra["origin"] = str(cfg.distill.init)
     else:
         checkpoint = cfg.checkpoint or cfg.checkpoints[cfg.strategy]
+        check_checkpoints(cfg, [checkpoint])
         model = load_network(checkpoint, expected_model=cfg.model.name)
         extra["checkpoint"] = str(checkpoint)
 

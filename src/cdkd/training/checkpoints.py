@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,42 @@ def load_network(path: str | Path, expected_model: str | None = None) -> ChangeM
     recorded = dict(hparams.get("model_kwargs") or {})
     kwargs = {k: v for k, v in recorded.items() if not k.endswith("weights")}
     return create_model(hparams["model"], weights=path, **kwargs)
+
+
+def check_recorded_setup(
+    path: str | Path,
+    hparams: Mapping[str, Any],
+    thresholds: Sequence[float],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> None:
+    """Refuse a checkpoint whose recorded setup differs from the one it is evaluated with.
+
+    The data normalisation (mean/std) must match for every checkpoint. The partition
+    thresholds must match for checkpoints that depend on them: CAR-partition teachers (a
+    recorded bucket) and distilled students; a baseline trained on all data does not.
+    """
+    meta = hparams.get("meta") or {}
+    normalize = meta.get("normalize") or {}
+    recorded = (
+        [float(v) for v in normalize.get("mean", mean)],
+        [float(v) for v in normalize.get("std", std)],
+    )
+    given = [float(v) for v in mean], [float(v) for v in std]
+    if recorded != given:
+        raise CheckpointError(
+            f"{path}: trained with normalisation mean/std {recorded[0]} / {recorded[1]}, "
+            f"evaluated with {given[0]} / {given[1]} (force=true to evaluate anyway)"
+        )
+    if meta.get("bucket") is None and "distill_lambda" not in hparams:
+        return
+    partition = meta.get("partition") or {}
+    trained = [float(t) for t in partition.get("thresholds", ())]
+    if trained != [float(t) for t in thresholds]:
+        raise CheckpointError(
+            f"{path}: trained with partition thresholds {trained}, evaluated with "
+            f"{[float(t) for t in thresholds]} (force=true to evaluate anyway)"
+        )
 
 
 def load_teacher(

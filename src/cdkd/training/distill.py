@@ -141,14 +141,18 @@ class DistillationModule(ChangeDetectionModule):
         student_all, teacher_all = torch.cat(student_parts), torch.cat(teacher_parts)
         return F.mse_loss(student_all.float(), teacher_all.float())
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         task, logits = self.task_loss(batch)
         size = batch["mask"].shape[0]
         lam = float(self.hparams.distill_lambda)
         loss = task
+        kd = None
         if lam > 0:
             kd = self.distillation_loss(batch, logits)
             loss = task + lam * kd
+        if self.non_finite(loss, batch):
+            return None
+        if kd is not None:
             self.log("train/distill", kd, batch_size=size)
         self.log("train/task", task, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 
+from cdkd.errors import CdkdError
 from cdkd.metrics import ChangeMetrics
 from cdkd.models import ChangeModel, create_model
 from cdkd.training.losses import build_loss, resize_logits
 from cdkd.training.schedule import warmup_decay
+
+log = logging.getLogger(__name__)
+
+NAN_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(CdkdError):
+    """The training loss became NaN or infinite (``nan_policy=stop``)."""
 
 
 class ChangeDetectionModule(L.LightningModule):
@@ -36,6 +46,9 @@ class ChangeDetectionModule(L.LightningModule):
         warmup_steps: linear warm-up length.
         warmup_start_lr: learning rate at step 0.
         empty_policy: per-image metric rule for absent classes (see :class:`ChangeMetrics`).
+        nan_policy: what a non-finite training loss does: ``stop`` raises
+            :class:`NonFiniteLossError` (nothing is saved, so the checkpoints keep the last
+            good state), ``skip`` drops that step (no optimizer update) and goes on.
         meta: provenance recorded in the checkpoint (stage, data, normalisation, partition).
     """
 
@@ -54,9 +67,12 @@ class ChangeDetectionModule(L.LightningModule):
         warmup_steps: int = 1000,
         warmup_start_lr: float = 1e-6,
         empty_policy: str = "one",
+        nan_policy: str = "stop",
         meta: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy '{nan_policy}' must be one of {NAN_POLICIES}")
         self.save_hyperparameters()
         kwargs = dict(model_kwargs or {})
         if aux_weights:
@@ -90,10 +106,30 @@ class ChangeDetectionModule(L.LightningModule):
             loss = loss + weight * self.aux_criterion(aux_logits, batch["mask"])
         return loss, logits
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
         loss, _ = self.task_loss(batch)
+        if self.non_finite(loss, batch):
+            return None
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["mask"].shape[0])
         return loss
+
+    def non_finite(self, loss: torch.Tensor, batch: Mapping[str, Any]) -> bool:
+        """Whether to skip this step because its loss is NaN/Inf (``nan_policy=skip``).
+
+        With ``nan_policy=stop`` a non-finite loss raises :class:`NonFiniteLossError` before
+        any update, naming the step and the batch's files.
+        """
+        if bool(torch.isfinite(loss.detach()).all()):
+            return False
+        names = ", ".join(str(n) for n in batch.get("name", []))
+        if self.hparams.nan_policy == "skip":
+            log.warning("step %d: loss is %s, step skipped (%s)", self.global_step, loss, names)
+            return True
+        raise NonFiniteLossError(
+            f"step {self.global_step}: training loss is {loss.item()} on batch [{names}]; "
+            "stopped with the checkpoints of the last good state (lower the learning rate, set "
+            "trainer.gradient_clip_val, or nan_policy=skip)"
+        )
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         logits = self(batch["image1"], batch["image2"])

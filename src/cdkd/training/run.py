@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import logging
 import math
+import shutil
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +19,38 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cdkd.errors import ConfigError
+from cdkd.data.transforms import AUGMENTATIONS
+from cdkd.errors import CdkdError, ConfigError, DataError
 from cdkd.files import write_json_atomic, write_text_atomic
 from cdkd.inference.evaluate import evaluate
 from cdkd.partition import PartitionScheme
-from cdkd.training.checkpoints import load_network, teacher_paths
+from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
+from cdkd.training.checkpoints import load_network, read_hparams, teacher_paths
 from cdkd.training.distill import DistillationModule
-from cdkd.training.module import ChangeDetectionModule
+from cdkd.training.losses import LOSSES
+from cdkd.training.module import NAN_POLICIES, ChangeDetectionModule
+
+log = logging.getLogger(__name__)
 
 EMPTY_POLICIES = ("one", "zero", "skip")
+RESUME_MODES = ("auto", True, False)
+# Outputs of a run that a fresh start must not mix with (moved aside, never deleted).
+RUN_OUTPUTS = ("best.ckpt", "last.ckpt", "metrics.json", "provenance.json", "eval")
+# Distributions whose versions every run records.
+RECORDED_PACKAGES = (
+    "cdkd",
+    "torch",
+    "lightning",
+    "timm",
+    "segmentation-models-pytorch",
+    "albumentations",
+    "torchmetrics",
+    "numpy",
+)
 
 
 def partition_scheme(cfg: DictConfig) -> PartitionScheme:
@@ -36,9 +63,31 @@ def partition_scheme(cfg: DictConfig) -> PartitionScheme:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Reject inconsistent settings before any data is read."""
+    """Reject inconsistent or out-of-range settings before any data is read (one line each)."""
     if cfg.empty_policy not in EMPTY_POLICIES:
         raise ConfigError(f"empty_policy '{cfg.empty_policy}' must be one of {EMPTY_POLICIES}")
+    if cfg.nan_policy not in NAN_POLICIES:
+        raise ConfigError(f"nan_policy '{cfg.nan_policy}' must be one of {NAN_POLICIES}")
+    if cfg.resume not in RESUME_MODES:
+        raise ConfigError(f"resume '{cfg.resume}' must be auto, true or false")
+    model = cfg.model
+    if float(model.optimizer.lr) <= 0:
+        raise ConfigError(f"model.optimizer.lr = {model.optimizer.lr} must be > 0")
+    if int(cfg.data.batch_size) < 1:
+        raise ConfigError(f"data.batch_size = {cfg.data.batch_size} must be >= 1")
+    for key in ("loss", "aux_loss"):
+        spec = model.get(key)
+        kind = spec if isinstance(spec, str) or spec is None else spec.get("kind", "ce")
+        if kind is not None and kind not in LOSSES:
+            raise ConfigError(f"model.{key}: unknown loss '{kind}'; use one of {sorted(LOSSES)}")
+    if cfg.data.augment not in AUGMENTATIONS:
+        raise ConfigError(
+            f"data.augment: unknown augmentation '{cfg.data.augment}'; use one of "
+            f"{list(AUGMENTATIONS)}"
+        )
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and float(clip) <= 0:
+        raise ConfigError(f"trainer.gradient_clip_val = {clip} must be > 0 (or null)")
     scheme = partition_scheme(cfg)
     if cfg.stage.bucket is not None:
         try:
@@ -126,6 +175,7 @@ def build_module(cfg: DictConfig, schedule: Schedule) -> ChangeDetectionModule:
         "max_steps": schedule.max_steps,
         "warmup_steps": schedule.warmup_steps,
         "empty_policy": cfg.empty_policy,
+        "nan_policy": cfg.nan_policy,
         "meta": meta,
     }
     if cfg.stage.kind != "distill":
@@ -150,6 +200,145 @@ def build_module(cfg: DictConfig, schedule: Schedule) -> ChangeDetectionModule:
         raise ConfigError(str(exc)) from exc
 
 
+def check_splits(cfg: DictConfig, datamodule: Any) -> None:
+    """Model selection must only ever see the validation split.
+
+    The checkpoint monitor and the sweepers' metric must be validation metrics, and the
+    validation and test splits must not share a file (same folder, a symlink to it, or
+    overlapping pairs): each is a :class:`ConfigError`, not a warning.
+    """
+    for key, metric in (
+        ("callbacks.model_checkpoint.monitor", cfg.callbacks.model_checkpoint.monitor),
+        ("optimized_metric", cfg.optimized_metric),
+    ):
+        if not str(metric).startswith("val/"):
+            raise ConfigError(f"{key} = '{metric}': model selection must use a val/ metric")
+    splits = cfg.data.splits
+    if str(splits.val) == str(splits.test):
+        raise ConfigError(f"data.splits: val and test are both '{splits.val}'")
+    datamodule.setup("fit")
+    try:
+        datamodule.setup("test")
+    except DataError:
+        if cfg.test_after_fit:
+            raise
+        return  # no usable test split (and none is evaluated): nothing to overlap with
+    test_files = {s.image1.resolve(): s.image1 for s in datamodule.samples("test")}
+    shared = [s.image1 for s in datamodule.samples("val") if s.image1.resolve() in test_files]
+    if shared:
+        raise ConfigError(
+            f"{shared[0]}: the validation split shares {len(shared)} pair(s) with the test "
+            "split; model selection on test data is not allowed"
+        )
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint to continue from, by ``ckpt_path`` and ``resume``.
+
+    An explicit ``ckpt_path`` wins. ``resume=auto`` (default) continues from
+    ``run_dir/last.ckpt`` when it exists; ``resume=true`` requires it; ``resume=false``
+    starts afresh. A fresh start moves the outputs of an earlier run aside (to
+    ``run_dir/superseded/<time>/``) so old and new checkpoints and metrics never mix.
+    """
+    if cfg.ckpt_path is not None:
+        path = str(cfg.ckpt_path)
+    else:
+        last = run_dir / "last.ckpt"
+        if cfg.resume is True and not last.is_file():
+            raise ConfigError(f"{last}: resume=true but there is no checkpoint to resume from")
+        path = str(last) if cfg.resume is not False and last.is_file() else None
+    if path is not None:
+        read_hparams(path, expected_model=cfg.model.name)  # one-line error if corrupt or foreign
+        log.info("resuming from %s", path)
+        return path
+    stale = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if stale and rank_zero_only.rank == 0:  # other DDP ranks see the same decision
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        target = run_dir / "superseded" / stamp
+        target.mkdir(parents=True)
+        for item in stale:
+            shutil.move(item, target / item.name)
+        log.warning("fresh start: moved the earlier run's outputs to %s", target)
+    return None
+
+
+def git_state() -> dict[str, Any] | None:
+    """Commit and dirtiness of the git checkout the package runs from (None if not one)."""
+    package = Path(__file__).resolve().parents[1]
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.splitlines()
+        if len(top) != 2 or not package.is_relative_to(Path(top[0]).resolve()):
+            return None
+        status = subprocess.run(
+            ["git", "-C", top[0], "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": top[1], "dirty": bool(status.strip())}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that determine a run's numbers."""
+    versions: dict[str, str | None] = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_provenance(
+    run_dir: Path, datamodule: Any, module: ChangeDetectionModule, resumed_from: str | None
+) -> None:
+    """Record what this start of the run depends on in ``run_dir/provenance.json``.
+
+    Code (git commit and dirtiness), package versions, the command line, the CAR index
+    checksums of every split and, for the student, the SHA-256 of M_O and the teachers.
+    Earlier starts of the same run (before a resume) are kept under ``previous``.
+    """
+    path = run_dir / "provenance.json"
+    record: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "resumed_from": resumed_from,
+        "config": "config.yaml",
+        "git": git_state(),
+        "versions": package_versions(),
+        "car_index_sha256": {
+            split: _checksum(datamodule, split) for split in ("train", "val", "test")
+        },
+        "teacher_sha256": _plain(module.hparams.get("teacher_sha256")),
+        "init_sha256": module.hparams.get("init_sha256"),
+    }
+    previous: list[Any] = []
+    if resumed_from is not None and path.is_file():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+            previous = [*earlier.pop("previous", []), earlier]
+        except (ValueError, AttributeError):
+            log.warning("%s: unreadable, starting a new provenance record", path)
+    write_json_atomic(path, {**record, "previous": previous})
+
+
+def _checksum(datamodule: Any, split: str) -> str | None:
+    """CAR index checksum of a split, or None when the run has no such split."""
+    try:
+        return datamodule.index_checksum(split)
+    except DataError:
+        return None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one stage as configured; returns the best validation metrics (and test, if run)."""
     check_config(cfg)
@@ -160,13 +349,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resume_checkpoint(cfg, run_dir)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = instantiate(cfg.data)
+    check_splits(cfg, datamodule)
     schedule = resolve_schedule(cfg, datamodule)
     module = build_module(cfg, schedule)
+    if rank_zero_only.rank == 0:
+        write_provenance(run_dir, datamodule, module, ckpt_path)
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks += [RngStateCallback(), PreemptionCheckpoint()]
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     extra: dict[str, Any] = {}
@@ -182,8 +376,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         precision=resolve_precision(cfg),
         callbacks=callbacks,
         logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException as exc:
+        raise CdkdError(
+            f"{run_dir}: stopped by SIGTERM at step {trainer.global_step}; last.ckpt holds that "
+            "state, run the same command again to resume"
+        ) from exc
 
     ckpt_cb = trainer.checkpoint_callback
     best_path = getattr(ckpt_cb, "best_model_path", "") or ""

@@ -1,0 +1,114 @@
+"""Lightning plugins and callbacks that keep long runs safe: atomic checkpoints, resumable
+random state, and a checkpoint on pre-emption (SIGTERM)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from cdkd.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside the target, then renames it.
+
+    A kill in the middle of a write leaves the previous ``best.ckpt``/``last.ckpt`` intact
+    (and at worst a stray hidden ``.*.tmp`` file), never a truncated checkpoint that a later
+    resume or evaluation would trust.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        with atomic_path(Path(path)) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class RngStateCallback(Callback):
+    """Saves the Python, NumPy and torch (CPU and CUDA) random states in every checkpoint and
+    restores them on resume, so shuffling continues as in an uninterrupted run.
+
+    The states are applied when training starts, not when the checkpoint is read: Lightning
+    draws random numbers while it restores and sets up the loops, which an uninterrupted run
+    never does. The NumPy state is stored as tensors and plain numbers so that checkpoints
+    stay loadable with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state: dict[str, Any] = {
+            "python": random.getstate(),
+            "numpy": {
+                "kind": str(kind),
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is not None:
+            self._restore(self._pending)
+            self._pending = None
+
+    @staticmethod
+    def _restore(state_dict: dict[str, Any]) -> None:
+        version, internal, gauss_next = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        np_state = state_dict["numpy"]
+        np.random.set_state(
+            (
+                np_state["kind"],
+                np_state["keys"].numpy().astype(np.uint32),
+                np_state["pos"],
+                np_state["has_gauss"],
+                np_state["gauss"],
+            )
+        )
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class PreemptionCheckpoint(Callback):
+    """On SIGTERM (a cluster's pre-emption notice) save ``last.ckpt`` before the run exits.
+
+    Lightning turns SIGTERM into :class:`SIGTERMException` at the next batch end; this saves
+    the state reached then. ``best.ckpt`` is left alone: an interrupted state was never
+    validated. Other exceptions (e.g. a non-finite loss) save nothing, so ``last.ckpt`` keeps
+    the last good state.
+    """
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        checkpoint = trainer.checkpoint_callback
+        if not isinstance(checkpoint, ModelCheckpoint) or checkpoint.dirpath is None:
+            return
+        path = Path(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+        trainer.save_checkpoint(path)
+        log.warning("SIGTERM at step %d: saved %s", trainer.global_step, path)

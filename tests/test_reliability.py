@@ -1,0 +1,261 @@
+"""Reliability without a training run: config validation, split hygiene, non-finite losses,
+atomic checkpoint writes, evaluation-setup checks and the provenance record."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+from cdkd.cli.common import config_dir
+from cdkd.errors import CheckpointError, ConfigError
+from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
+from cdkd.training.checkpoints import check_recorded_setup
+from cdkd.training.module import ChangeDetectionModule, NonFiniteLossError
+from cdkd.training.run import check_config, check_splits, resume_checkpoint, train
+
+
+def config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=["logger=none", *overrides])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stage=student", "distill.lambda=-0.1"], "distill.lambda"),
+        (["partition.thresholds=[0.2,0.05]"], "strictly increasing"),
+        (["partition.thresholds=[0.1,0.1]"], "strictly increasing"),
+        (["partition.thresholds=[0.05,1.5]"], "[0, 1]"),
+        (["partition.thresholds=[-0.1,0.2]"], "[0, 1]"),
+        (["data.batch_size=0"], "data.batch_size"),
+        (["model.optimizer.lr=0"], "model.optimizer.lr"),
+        (["model.optimizer.lr=-1e-3"], "model.optimizer.lr"),
+        (["schedule.max_steps=0"], "schedule.max_steps"),
+        (["schedule.val_every=-5"], "schedule.val_every"),
+        (["model.loss=focal"], "unknown loss 'focal'"),
+        (["model.augment=mixup"], "unknown augmentation 'mixup'"),
+        (["empty_policy=nan"], "empty_policy"),
+        (["nan_policy=ignore"], "nan_policy"),
+        (["resume=maybe"], "resume"),
+        (["trainer.gradient_clip_val=-1"], "gradient_clip_val"),
+    ],
+)
+def test_out_of_range_settings_fail_with_one_line(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_config(config(*overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_default_configs_pass_validation() -> None:
+    for stage in ("baseline", "teacher_s", "student"):
+        check_config(config(f"stage={stage}"))
+    check_config(config("partition=two", "stage=teacher_l"))
+
+
+def test_unknown_key_fails_on_the_command_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdkd.train", "distill.lamda=0.1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "lamda" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def _split_cfg(root: Path, *overrides: str) -> DictConfig:
+    return config("data=folder", f"data.root={root}", *overrides)
+
+
+def test_validation_on_the_test_split_is_an_error(dataset_factory: Callable[..., Path]) -> None:
+    root = dataset_factory({"train": 4, "val": 2, "test": 2})
+    from hydra.utils import instantiate
+
+    cfg = _split_cfg(root)
+    check_splits(cfg, instantiate(cfg.data))  # distinct splits pass
+    cfg = _split_cfg(root, "data.splits.val=test")
+    with pytest.raises(ConfigError, match="val and test are both 'test'"):
+        check_splits(cfg, instantiate(cfg.data))
+    os.symlink(root / "test", root / "holdout")  # the same files under another name
+    cfg = _split_cfg(root, "data.splits.val=holdout")
+    with pytest.raises(ConfigError, match="shares 2 pair"):
+        check_splits(cfg, instantiate(cfg.data))
+    for overrides in (["callbacks.model_checkpoint.monitor=test/mIoU"], ["optimized_metric=x"]):
+        with pytest.raises(ConfigError, match="must use a val/ metric"):
+            check_splits(_split_cfg(root, *overrides), instantiate(cfg.data))
+
+
+def test_train_refuses_test_selection_before_writing_checkpoints(
+    tmp_path: Path, dataset_factory: Callable[..., Path]
+) -> None:
+    root = dataset_factory({"train": 4, "val": 2, "test": 2})
+    run_dir = tmp_path / "run"
+    cfg = _split_cfg(root, "data.splits.val=test", f"run_dir={run_dir}")
+    with pytest.raises(ConfigError):
+        train(cfg)
+    assert not list(run_dir.glob("*.ckpt"))
+
+
+def _module(nan_policy: str) -> ChangeDetectionModule:
+    return ChangeDetectionModule("fc_ef", loss="ce", nan_policy=nan_policy)
+
+
+def _batch(value: float) -> dict:
+    image = torch.full((2, 3, 32, 32), value)
+    return {
+        "image1": image,
+        "image2": image,
+        "mask": torch.zeros(2, 32, 32, dtype=torch.long),
+        "name": ["a b.png", "ü.png"],
+    }
+
+
+def test_non_finite_loss_stops_or_skips() -> None:
+    module = _module("stop")
+    assert torch.isfinite(module.training_step(_batch(0.5), 0))
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan on batch \[a b.png, ü"):
+        module.training_step(_batch(float("nan")), 0)
+    assert _module("skip").training_step(_batch(float("inf")), 0) is None
+    with pytest.raises(ValueError, match="nan_policy"):
+        _module("ignore")
+
+
+class _Trainer:
+    """Just what :class:`PreemptionCheckpoint` reads from a trainer."""
+
+    def __init__(self, dirpath: Path) -> None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        self.checkpoint_callback = ModelCheckpoint(dirpath=dirpath)
+        self.global_step = 3
+        self.saved: list[Path] = []
+
+    def save_checkpoint(self, path: Path) -> None:
+        self.saved.append(Path(path))
+
+
+def test_only_sigterm_saves_a_checkpoint(tmp_path: Path) -> None:
+    trainer = _Trainer(tmp_path)
+    callback = PreemptionCheckpoint()
+    callback.on_exception(trainer, None, NonFiniteLossError("nan"))  # type: ignore[arg-type]
+    assert trainer.saved == []  # last.ckpt keeps the last good state
+    callback.on_exception(trainer, None, SIGTERMException())  # type: ignore[arg-type]
+    assert trainer.saved == [tmp_path / "last.ckpt"]
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    callback = RngStateCallback()
+    torch.save({"rng": callback.state_dict()}, tmp_path / "c.ckpt")
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    state = torch.load(tmp_path / "c.ckpt", weights_only=True)["rng"]
+    callback.load_state_dict(state)
+    callback.on_train_start(None, None)  # type: ignore[arg-type]
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+_KILL_MID_WRITE = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    from lightning.fabric.plugins.io import torch_io
+    from cdkd.training.callbacks import AtomicCheckpointIO
+
+    def write_half_then_die(checkpoint, path):
+        with open(path, "wb") as fh:
+            fh.write(b"PK\\x03\\x04 half a checkpoint")
+            fh.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    torch_io._atomic_save = write_half_then_die
+    io = AtomicCheckpointIO() if sys.argv[2] == "atomic" else torch_io.TorchCheckpointIO()
+    io.save_checkpoint({"step": 2, "w": torch.ones(3)}, sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("plugin", ["atomic", "plain"])
+def test_kill_during_checkpoint_write(tmp_path: Path, plugin: str) -> None:
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.zeros(3)}, path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_MID_WRITE, str(path), plugin], timeout=120, check=False
+    )
+    assert proc.returncode == -signal.SIGKILL
+    if plugin == "plain":  # without the plugin the kill corrupts the checkpoint
+        with pytest.raises(Exception):  # noqa: B017
+            torch.load(path, weights_only=True)
+        return
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_exception_during_checkpoint_write_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "best.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+    with pytest.raises(Exception):  # noqa: B017
+        io.save_checkpoint({"step": 2, "bad": lambda: None}, path)  # not picklable
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]
+
+
+def _hparams(bucket: str | None, thresholds: list[float], std: float = 58.395) -> dict:
+    return {
+        "model": "fc_ef",
+        "meta": {
+            "bucket": bucket,
+            "normalize": {"mean": [123.675, 116.28, 103.53], "std": [std, 57.12, 57.375]},
+            "partition": {"name": "three", "thresholds": thresholds},
+        },
+    }
+
+
+def test_evaluation_refuses_another_partition_or_normalisation() -> None:
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    check_recorded_setup("t.ckpt", _hparams("small", [0.05, 0.2]), [0.05, 0.2], mean, std)
+    # a baseline does not depend on the partition (partition=two reuses it)
+    check_recorded_setup("b.ckpt", _hparams(None, [0.05, 0.2]), [0.1], mean, std)
+    with pytest.raises(CheckpointError, match=r"t.ckpt: trained with partition thresholds"):
+        check_recorded_setup("t.ckpt", _hparams("small", [0.05, 0.2]), [0.1], mean, std)
+    student = {**_hparams(None, [0.05, 0.2]), "distill_lambda": 1e-3}
+    with pytest.raises(CheckpointError, match="force=true"):
+        check_recorded_setup("s.ckpt", student, [0.1], mean, std)
+    with pytest.raises(CheckpointError, match=r"b.ckpt: trained with normalisation"):
+        check_recorded_setup("b.ckpt", _hparams(None, [0.05, 0.2], std=1.0), [0.1], mean, std)
+
+
+def test_resume_modes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert resume_checkpoint(config(), run_dir) is None  # nothing to resume: fresh
+    with pytest.raises(ConfigError, match="resume=true but there is no checkpoint"):
+        resume_checkpoint(config("resume=true"), run_dir)
+    hparams = {"model": "tinycd"}
+    torch.save({"hyper_parameters": hparams}, run_dir / "last.ckpt")
+    torch.save({"hyper_parameters": hparams}, run_dir / "best.ckpt")
+    (run_dir / "metrics.json").write_text("{}")
+    assert resume_checkpoint(config("model=tinycd"), run_dir) == str(run_dir / "last.ckpt")
+    with pytest.raises(CheckpointError, match="not 'fc_ef'"):
+        resume_checkpoint(config("model=fc_ef"), run_dir)
+    assert resume_checkpoint(config("resume=false"), run_dir) is None
+    assert not (run_dir / "last.ckpt").exists() and not (run_dir / "best.ckpt").exists()
+    (moved,) = (run_dir / "superseded").iterdir()
+    assert sorted(p.name for p in moved.iterdir()) == ["best.ckpt", "last.ckpt", "metrics.json"]
+    (run_dir / "last.ckpt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="unreadable or truncated"):
+        resume_checkpoint(config(), run_dir)

@@ -1,0 +1,136 @@
+"""Real process kills: a run killed with SIGKILL and started again ends like an uninterrupted
+run; SIGTERM saves ``last.ckpt``; a finished run started again only re-evaluates.
+
+Lightning cannot fast-forward a plain DataLoader to the middle of an epoch, so checkpoints
+fall on epoch boundaries here (8 training pairs, batch 4: validation every 2 steps). The
+augmentation pipelines keep their own random generators, which checkpoints do not hold yet,
+so these runs train without augmentation.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+MAX_STEPS = 6
+
+
+def overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "experiment=smoke",
+        "model=fc_ef",
+        "logger=none",
+        "trainer.deterministic=true",
+        "test_after_fit=false",
+        "model.augment=none",
+        f"paths.data_dir={data_dir}",
+        "data.root=${paths.data_dir}/resume",
+        "data.synthetic.counts={train: 8, val: 4, test: 4}",
+        "data.batch_size=4",
+        f"schedule.max_steps={MAX_STEPS}",
+        "schedule.val_every=2",
+        "schedule.warmup_steps=1",
+        f"run_dir={run_dir}",
+        *extra,
+    ]
+
+
+def command(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cdkd.train", *overrides(data_dir, run_dir, *extra)]
+
+
+def train_here(data_dir: Path, run_dir: Path, *extra: str) -> None:
+    """The same run in this process (saves a Python start-up)."""
+    from hydra import compose, initialize_config_dir
+
+    from cdkd.cli.common import config_dir
+    from cdkd.training.run import train
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        train(compose("train", overrides=overrides(data_dir, run_dir, *extra)))
+
+
+def run(cmd: list[str], cwd: Path, code: int = 0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != code:
+        pytest.fail(f"exit {proc.returncode}, expected {code}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{path} never appeared (exit {proc.returncode})")
+        time.sleep(0.01)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    train_here(data, reference)
+
+    proc = subprocess.Popen(
+        command(data, resumed), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(resumed / "last.ckpt", proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    killed_at = load(resumed / "last.ckpt")["global_step"]
+    assert 0 < killed_at < MAX_STEPS, "the run finished before it could be killed"
+
+    run(command(data, resumed), tmp_path)  # the same command again: resume=auto
+    expected, got = load(reference / "last.ckpt"), load(resumed / "last.ckpt")
+    assert got["global_step"] == expected["global_step"] == MAX_STEPS
+    for key, value in expected["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6)
+    best = "best_model_score"
+    (cb_expected,) = [v for k, v in expected["callbacks"].items() if "val/mIoU" in k]
+    (cb_got,) = [v for k, v in got["callbacks"].items() if "val/mIoU" in k]
+    torch.testing.assert_close(cb_got[best], cb_expected[best])
+
+    provenance = json.loads((resumed / "provenance.json").read_text())
+    assert provenance["resumed_from"] == str(resumed / "last.ckpt")
+    assert [p["resumed_from"] for p in provenance["previous"]] == [None]
+    assert set(provenance["car_index_sha256"]) == {"train", "val", "test"}
+    assert provenance["versions"]["lightning"] and "git" in provenance
+
+    # A finished run started again trains no further and evaluates its best checkpoint.
+    train_here(data, resumed, "test_after_fit=true")
+    again = load(resumed / "last.ckpt")
+    assert again["global_step"] == MAX_STEPS
+    torch.testing.assert_close(again["state_dict"], got["state_dict"])
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(resumed / "best.ckpt") and metrics["test"]["count"] == 4
+
+
+def test_sigterm_saves_last_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cmd = command(
+        tmp_path / "data",
+        run_dir,
+        "schedule.max_steps=100000",
+        "callbacks.last_checkpoint=null",  # any last.ckpt comes from SIGTERM
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(run_dir / "best.ckpt", proc)  # training is under way
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    step = load(run_dir / "last.ckpt")["global_step"]
+    assert step >= 2
+    assert f"stopped by SIGTERM at step {step}; last.ckpt holds that state" in stderr
