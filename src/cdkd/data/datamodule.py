@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, default_collate
 
 from cdkd.data.car_index import CarIndex, build_car_index, cache_path
@@ -52,7 +54,8 @@ class ChangeDataModule(LightningDataModule):
             of the training folder (natural order) as validation; 0 makes a missing val an error.
         batch_size: Training batch size.
         eval_batch_size: Batch size of evaluation loaders (default: ``batch_size``).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, or ``"auto"`` for
+            :func:`auto_num_workers` (one fewer than this process's share of the CPUs, at most 8).
         mean: Per-channel normalisation mean, RGB, 0-255 units.
         std: Per-channel normalisation standard deviation, RGB, 0-255 units.
         augment: Training augmentation recipe: ``standard``, ``changer`` or ``none``.
@@ -73,7 +76,7 @@ class ChangeDataModule(LightningDataModule):
         val_from_train: int = 0,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         augment: str = "standard",
@@ -102,6 +105,7 @@ class ChangeDataModule(LightningDataModule):
         self.val_from_train = val_from_train
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        num_workers = resolve_num_workers(num_workers)
         self.num_workers = num_workers
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -159,24 +163,32 @@ class ChangeDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches, no augmentation."""
-        return self.dataloader("val")
+        """Validation batches, no augmentation, each image on exactly one rank under DDP."""
+        return self.dataloader("val", shard=True)
 
     def test_dataloader(self) -> DataLoader:
-        """Test batches, no augmentation, never restricted to a CAR partition."""
-        return self.dataloader("test")
+        """Test batches, no augmentation, never restricted to a CAR partition; sharded as val."""
+        return self.dataloader("test", shard=True)
 
-    def dataloader(self, split: str) -> DataLoader:
+    def dataloader(self, split: str, shard: bool = False) -> DataLoader:
         """Evaluation loader of any split: dataset order, no augmentation, padded batches.
 
         Batches carry ``size`` (int64 ``[B, 2]``), the original height and width of each item.
+        With ``shard`` inside an initialised multi-process group, each rank gets every
+        ``world_size``-th image and no image is repeated to even the shares out (Lightning's
+        default sampler would repeat some, counting them twice in the gathered metrics).
         """
         data = self._split(split)
         dataset = ChangeDetectionDataset(data.samples, self.mean, self.std, augment=None)
+        sampler = None
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if shard and distributed and torch.distributed.get_world_size() > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,
             shuffle=False,
+            sampler=sampler,
             collate_fn=pad_collate,
             **self._loader_options(),
         )
@@ -262,6 +274,36 @@ class ChangeDataModule(LightningDataModule):
             )
             self._folders[folder] = (samples, index)
         return self._folders[folder]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def auto_num_workers() -> int:
+    """Loader workers for this process: its share of the CPUs less one for the main loop.
+
+    The CPUs are shared by the ``LOCAL_WORLD_SIZE`` processes of the node (set by
+    ``torchrun``; 1 otherwise), and more than 8 workers rarely helps one accelerator.
+    """
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, available_cpus() // local - 1))
+
+
+def resolve_num_workers(value: int | str) -> int:
+    """``data.num_workers`` as a count: an integer >= 0, or ``"auto"``."""
+    if value == "auto":
+        return auto_num_workers()
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0 or isinstance(value, float | bool):
+        raise ConfigError(f"data.num_workers must be an integer >= 0 or 'auto', got {value!r}")
+    return count
 
 
 def _scheme(partition: Mapping[str, Any] | None, bucket: str | None) -> PartitionScheme | None:

@@ -46,7 +46,11 @@ def run_evaluation(
     predictions_dir: str | Path | None = None,
     total: int | None = None,
 ) -> Evaluation:
-    """Predict every batch, accumulate the metrics, optionally write 0/255 prediction PNGs."""
+    """Predict every batch, accumulate the metrics, optionally write 0/255 prediction PNGs.
+
+    Nothing in the loop waits for the device (metrics and CARs stay on it until the end)
+    except the copy of the predictions when they are saved.
+    """
     device = torch.device(device)
     model = model.to(device).eval()
     # One process scores the whole split: never gather from other ranks, even under DDP.
@@ -64,11 +68,12 @@ def run_evaluation(
         names.extend(batch["name"])
         cars.append(change_area_ratio(mask))
         if predictions_dir is not None:
+            # The only host copy of the loop: one per batch, and only when saving.
+            host = pred.cpu().numpy()
             sizes = batch.get("size")
             for i, name in enumerate(batch["name"]):
-                h, w = (int(v) for v in sizes[i]) if sizes is not None else pred.shape[-2:]
-                target = Path(predictions_dir) / f"{Path(name).stem}.png"
-                write_mask(target, pred[i, :h, :w].cpu().numpy())
+                h, w = (int(v) for v in sizes[i]) if sizes is not None else host.shape[-2:]
+                write_mask(Path(predictions_dir) / f"{Path(name).stem}.png", host[i, :h, :w])
     if not names:
         raise ValueError("evaluation received no images")
     return Evaluation(names, torch.cat(cars).cpu(), metrics)

@@ -195,6 +195,16 @@ class ChangeMetrics(Metric):
         """Add the confusion counts of a batch of change maps ``[B, H, W]`` (or one ``[H, W]``)."""
         self.counts.append(confusion_counts(preds, target, self.ignore_index))
 
+    def sync(self, *args: Any, **kwargs: Any) -> None:
+        """Gather the states of all ranks (see :meth:`torchmetrics.Metric.sync`).
+
+        A rank that scored no image (e.g. an uneven, unpadded evaluation split) contributes an
+        empty ``[0, 4]`` tensor, so that every rank takes part in the same collectives.
+        """
+        if isinstance(self.counts, list) and not self.counts:
+            self.counts.append(torch.zeros(0, 4, dtype=torch.int64, device=self.device))
+        super().sync(*args, **kwargs)
+
     def _all_counts(self) -> Tensor:
         if isinstance(self.counts, Tensor):
             return self.counts.reshape(-1, 4)
