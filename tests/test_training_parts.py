@@ -134,3 +134,24 @@ def test_schedule_in_steps_or_model_epochs(overrides: list[str], expected: tuple
         cfg = compose("train", overrides=overrides)
     schedule = resolve_schedule(cfg, _FakeData())
     assert (schedule.max_steps, schedule.warmup_steps, schedule.val_every) == expected
+
+
+def test_channels_last_module_gives_the_same_loss() -> None:
+    from cdkd.training.module import ChangeDetectionModule
+
+    torch.manual_seed(0)
+    plain = ChangeDetectionModule(model="fc_siam_diff", channels_last=False).eval()
+    fast = ChangeDetectionModule(model="fc_siam_diff", channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    fast.on_fit_start()
+    conv = next(m for m in fast.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = {
+        "image1": torch.randn(2, 3, 32, 32),
+        "image2": torch.randn(2, 3, 32, 32),
+        "mask": torch.randint(0, 2, (2, 32, 32)),
+    }
+    moved = fast.on_after_batch_transfer(dict(batch), 0)
+    assert moved["image1"].is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert fast.task_loss(moved)[0].item() == pytest.approx(plain.task_loss(batch)[0].item())

@@ -108,8 +108,12 @@ class DistillationModule(ChangeDetectionModule):
         )
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
+        memory_format = torch.channels_last if self.uses_channels_last() else torch.preserve_format
         for teacher in self.teachers:
-            teacher.to(self.device)
+            teacher.to(self.device, memory_format=memory_format)
+            if self.hparams.get("compile"):
+                teacher.compile()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and isinstance(batch, dict):

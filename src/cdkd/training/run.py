@@ -176,6 +176,8 @@ def build_module(cfg: DictConfig, schedule: Schedule) -> ChangeDetectionModule:
         "warmup_steps": schedule.warmup_steps,
         "empty_policy": cfg.empty_policy,
         "nan_policy": cfg.nan_policy,
+        "channels_last": cfg.get("channels_last"),
+        "compile": bool(cfg.get("compile", False)),
         "meta": meta,
     }
     if cfg.stage.kind != "distill":
