@@ -348,6 +348,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     logging.getLogger("lightning.pytorch").propagate = False
     # The run folder always holds config.yaml before the first checkpoint: expected, not news.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # The module's batch hooks are meant to run (the datamodule defines none).
+    warnings.filterwarnings("ignore", message=r"You have overridden `on_.*_batch_transfer`")
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
