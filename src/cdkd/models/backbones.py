@@ -6,7 +6,7 @@ ImageNet weights (which needs a network connection).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import segmentation_models_pytorch as smp
 import timm
@@ -100,3 +100,15 @@ def vgg16_features(batch_norm: bool, pretrained: bool = False) -> nn.Sequential:
         state = source.features.state_dict()
         features.load_state_dict({key: state[key] for key in features.state_dict()})
     return features
+
+
+def tapped_features(
+    layers: nn.Sequential, x: torch.Tensor, taps: Collection[int]
+) -> list[torch.Tensor]:
+    """Run ``layers`` on ``x`` and return the outputs of the layers at ``taps``, in order."""
+    outputs = []
+    for index, layer in enumerate(layers):
+        x = layer(x)
+        if index in taps:
+            outputs.append(x)
+    return outputs

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cdkd.models.backbones import vgg16_features
+from cdkd.models.backbones import tapped_features, vgg16_features
 from cdkd.models.base import ChangeModel
 from cdkd.models.registry import ModelInfo, register_model
 
@@ -177,12 +177,7 @@ class IFN(ChangeModel):
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features at the tap layers, shallowest first."""
-        taps = []
-        for index, layer in enumerate(self.encoder):
-            x = layer(x)
-            if index in ENCODER_TAPS:
-                taps.append(x)
-        return taps
+        return tapped_features(self.encoder, x, ENCODER_TAPS)
 
     def _decode(self, x1: torch.Tensor, x2: torch.Tensor) -> list[torch.Tensor]:
         """Output features of every decoder level, deepest first."""
