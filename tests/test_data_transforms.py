@@ -183,3 +183,19 @@ def test_crop_and_unknown_recipe() -> None:
     assert build_augmentation("none") is None
     with pytest.raises(ConfigError, match="unknown augmentation 'flipflop'"):
         build_augmentation("flipflop")
+
+
+def test_augmentation_state_round_trip_continues_the_same_draws() -> None:
+    from cdkd.data.transforms import build_augmentation
+
+    augment = build_augmentation("changer")
+    rng = np.random.default_rng(0)
+    image1, image2 = (rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2))
+    mask = rng.integers(0, 2, (16, 16), dtype=np.uint8)
+    augment(image1, image2, mask)
+    state = augment.state_dict()
+    first = [augment(image1, image2, mask) for _ in range(5)]
+    augment.load_state_dict(state)
+    again = [augment(image1, image2, mask) for _ in range(5)]
+    for a, b in zip(first, again, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))

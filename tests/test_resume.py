@@ -2,9 +2,8 @@
 run; SIGTERM saves ``last.ckpt``; a finished run started again only re-evaluates.
 
 Lightning cannot fast-forward a plain DataLoader to the middle of an epoch, so checkpoints
-fall on epoch boundaries here (8 training pairs, batch 4: validation every 2 steps). The
-augmentation pipelines keep their own random generators, which checkpoints do not hold yet,
-so these runs train without augmentation.
+fall on epoch boundaries here (8 training pairs, batch 4: validation every 2 steps). The runs
+train with the standard augmentation, whose random state the checkpoints carry.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ def overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
         "logger=none",
         "trainer.deterministic=true",
         "test_after_fit=false",
-        "model.augment=none",
         f"paths.data_dir={data_dir}",
         "data.root=${paths.data_dir}/resume",
         "data.synthetic.counts={train: 8, val: 4, test: 4}",

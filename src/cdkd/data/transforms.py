@@ -144,6 +144,7 @@ class PairAugment:
         self.photometric = photometric
         self.exchange_p = exchange_p
         self._rng = np.random.default_rng()
+        self._streams: list[tuple[np.random.Generator, random.Random]] = []
         self._seeded_for: tuple[int, int] | None = None
 
     def seed(self, seed: int) -> None:
@@ -155,19 +156,42 @@ class PairAugment:
         """
         seeds = np.random.SeedSequence(seed).generate_state(3)
         self._rng = np.random.default_rng(int(seeds[0]))
+        self._streams = []
         for pipeline, state in ((self.geometric, seeds[1]), (self.photometric, seeds[2])):
             if pipeline is not None:
-                pipeline.set_random_state(
-                    np.random.default_rng(int(state)), random.Random(int(state))
-                )
+                stream = (np.random.default_rng(int(state)), random.Random(int(state)))
+                pipeline.set_random_state(*stream)
+                self._streams.append(stream)
         self._seeded_for = (os.getpid(), torch.initial_seed())
+
+    def _ensure_seeded(self) -> None:
+        if self._seeded_for != (os.getpid(), torch.initial_seed()):
+            self.seed(torch.initial_seed())
+
+    def state_dict(self) -> dict[str, Any]:
+        """This process's random state, as plain values (checkpoints store it for resuming)."""
+        self._ensure_seeded()
+        streams = []
+        for generator, py_random in self._streams:
+            version, internal, gauss = py_random.getstate()
+            python = [version, list(internal), gauss]
+            streams.append({"numpy": generator.bit_generator.state, "python": python})
+        return {"exchange": self._rng.bit_generator.state, "streams": streams}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the random streams saved by :meth:`state_dict` in this process."""
+        self._ensure_seeded()
+        self._rng.bit_generator.state = state["exchange"]
+        for (generator, py_random), saved in zip(self._streams, state["streams"], strict=True):
+            generator.bit_generator.state = saved["numpy"]
+            version, internal, gauss = saved["python"]
+            py_random.setstate((version, tuple(internal), gauss))
 
     def __call__(
         self, image1: np.ndarray, image2: np.ndarray, mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Augment uint8 ``[H, W, 3]`` images and a uint8 ``[H, W]`` label."""
-        if self._seeded_for != (os.getpid(), torch.initial_seed()):
-            self.seed(torch.initial_seed())
+        self._ensure_seeded()
         if self.geometric is not None:
             out = self.geometric(image=image1, image2=image2, mask=mask)
             image1, image2, mask = out["image"], out["image2"], out["mask"]

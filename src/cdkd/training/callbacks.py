@@ -47,6 +47,16 @@ class RngStateCallback(Callback):
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
+        self._trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def _augment(self) -> Any:
+        """The training augmentation of the datamodule, when it keeps a random state."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        augment = getattr(datamodule, "train_augment", None)
+        return augment if hasattr(augment, "state_dict") else None
 
     def state_dict(self) -> dict[str, Any]:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -63,6 +73,9 @@ class RngStateCallback(Callback):
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
+        augment = self._augment()
+        if augment is not None:  # advanced in this process only when the loader has no workers
+            state["augment"] = augment.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -71,6 +84,9 @@ class RngStateCallback(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending is not None:
             self._restore(self._pending)
+            augment = self._augment()
+            if augment is not None and "augment" in self._pending:
+                augment.load_state_dict(self._pending["augment"])
             self._pending = None
 
     @staticmethod
