@@ -112,6 +112,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     torch.testing.assert_close(again["state_dict"], got["state_dict"])
     metrics = json.loads((resumed / "metrics.json").read_text())
     assert metrics["checkpoint"] == str(resumed / "best.ckpt") and metrics["test"]["count"] == 4
+    # Once evaluated, a further start (a re-launched pipeline or sweep) skips it entirely.
+    stamp = (resumed / "metrics.json").stat().st_mtime_ns
+    train_here(data, resumed, "test_after_fit=true")
+    assert (resumed / "metrics.json").stat().st_mtime_ns == stamp
 
 
 def test_sigterm_saves_last_checkpoint(tmp_path: Path) -> None:

@@ -264,6 +264,26 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
+def finished_run(run_dir: Path, ckpt_path: str | None, schedule: Schedule) -> dict[str, Any] | None:
+    """The recorded results when this run already reached its last step and was evaluated.
+
+    So a re-launched stage, pipeline or multirun sweep skips members that are done instead
+    of evaluating them again; ``None`` means there is work left.
+    """
+    metrics_file = run_dir / "metrics.json"
+    if ckpt_path != str(run_dir / "last.ckpt") or not metrics_file.is_file():
+        return None
+    step = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    if step < schedule.max_steps:
+        return None
+    recorded = json.loads(metrics_file.read_text())
+    results = {"val/mIoU": recorded["val"]["per_image"]["mIoU"], "skipped": True}
+    results["best_checkpoint"] = recorded["checkpoint"]
+    if "test" in recorded:
+        results["test/mIoU"] = recorded["test"]["per_image"]["mIoU"]
+    return results
+
+
 def git_state() -> dict[str, Any] | None:
     """Commit and dirtiness of the git checkout the package runs from (None if not one)."""
     package = Path(__file__).resolve().parents[1]
@@ -359,6 +379,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     check_splits(cfg, datamodule)
     schedule = resolve_schedule(cfg, datamodule)
+    finished = finished_run(run_dir, ckpt_path, schedule)
+    if finished is not None:
+        log.info("%s: already finished (delete metrics.json or resume=false to redo)", run_dir)
+        return finished
     module = build_module(cfg, schedule)
     if rank_zero_only.rank == 0:
         write_provenance(run_dir, datamodule, module, ckpt_path)
