@@ -106,13 +106,7 @@ def read_metrics(path: str | Path, hint: str = "") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MissingInput(f"{path}: not found" + (f"; {hint}" if hint else ""))
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable JSON ({exc})") from exc
-    if not isinstance(content, dict) or not isinstance(content.get("per_image"), dict):
-        raise DataError(f"{path}: no 'per_image' metrics")
-    return content
+    return _json_with(path, "per_image", "no 'per_image' metrics")
 
 
 def align(runs: Mapping[str, PerImage]) -> dict[str, PerImage]:
@@ -381,12 +375,7 @@ def collect_results(data_dir: str | Path, suffix: str = "") -> list[dict[str, An
         )
     results = []
     for path in files:
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: unreadable JSON ({exc})") from exc
-        if not isinstance(content, dict) or not isinstance(content.get("rows"), dict):
-            raise DataError(f"{path}: no 'rows' (not a results file of cdkd.pipeline)")
+        content = _json_with(path, "rows", "no 'rows' (not a results file of cdkd.pipeline)")
         results.append({**content, "model": content.get("model", path.parent.name)})
     return results
 
@@ -453,3 +442,14 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def strategy_label(strategy: str) -> str:
     """Display name of a strategy (``op`` -> ``O-P``); unknown keys print as they are."""
     return STRATEGY_LABELS.get(strategy, strategy)
+
+
+def _json_with(path: Path, key: str, problem: str) -> dict[str, Any]:
+    """A JSON object read from ``path`` that holds a mapping under ``key``, else a DataError."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable JSON ({exc})") from exc
+    if not isinstance(content, dict) or not isinstance(content.get(key), dict):
+        raise DataError(f"{path}: {problem}")
+    return content
