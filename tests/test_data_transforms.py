@@ -34,9 +34,9 @@ def test_rotation_padding_is_ignored_never_change(recipe: str) -> None:
     image = np.full((32, 32, 3), 128, dtype=np.uint8)
     padded = 0
     for seed in range(24):
-        aug.seed(seed)
         for fill in (0, 1):
-            _, _, mask = aug(image, image.copy(), np.full((32, 32), fill, dtype=np.uint8))
+            label = np.full((32, 32), fill, dtype=np.uint8)
+            _, _, mask = aug(image, image.copy(), label, key=(seed, fill))
             assert set(np.unique(mask).tolist()) <= {fill, 255}
             padded += int((mask == 255).any())
             car = change_area_ratio(torch.from_numpy(mask.astype(np.int64)))
@@ -50,8 +50,8 @@ def test_geometry_is_identical_for_both_dates_and_the_label(recipe: str) -> None
     pattern = _pattern()
     changed_something = False
     for seed in range(24):
-        geometric.seed(seed)
-        out1, out2, mask = geometric(_as_image(pattern), _as_image(pattern), pattern.copy())
+        image = _as_image(pattern)
+        out1, out2, mask = geometric(image, image.copy(), pattern.copy(), key=(seed,))
         np.testing.assert_array_equal(out1, out2)
         valid = mask != 255
         agree = ((out1[..., 0] > 127) == (mask == 1))[valid].mean()
@@ -67,24 +67,24 @@ def test_geometry_is_identical_for_both_dates_and_the_label(recipe: str) -> None
 
 def test_standard_recipe_draws_its_flips_independently() -> None:
     geometric = PairAugment(geometric=build_augmentation("standard").geometric)
-    geometric.seed(0)
     pattern = _pattern()
     seen = set()
-    for _ in range(64):
-        _, _, mask = geometric(_as_image(pattern), _as_image(pattern), pattern.copy())
+    for draw in range(64):
+        image = _as_image(pattern)
+        _, _, mask = geometric(image, image.copy(), pattern.copy(), key=(0, draw))
         seen |= {key for key, flipped in _flips(pattern).items() if np.array_equal(mask, flipped)}
     assert seen == {"id", "h", "v", "hv"}
 
 
 def test_changer_flip_branch_turns_and_flips_exactly() -> None:
     geometric = PairAugment(geometric=build_augmentation("changer").geometric)
-    geometric.seed(1)
     pattern = _pattern()
     turned = [np.rot90(pattern, k) for k in range(4)]
     reflections = [np.flip(t, axis) for t in turned for axis in (0, 1)]
     kinds = set()
-    for _ in range(48):
-        _, _, mask = geometric(_as_image(pattern), _as_image(pattern), pattern.copy())
+    for draw in range(48):
+        image = _as_image(pattern)
+        _, _, mask = geometric(image, image.copy(), pattern.copy(), key=(1, draw))
         if np.array_equal(mask, pattern):
             kinds.add("none")
         elif any(np.array_equal(mask, r) for r in reflections):
@@ -98,11 +98,11 @@ def test_changer_flip_branch_turns_and_flips_exactly() -> None:
 def test_photometric_distortion_is_drawn_per_date() -> None:
     aug = build_augmentation("standard")
     photometric_only = PairAugment(photometric=aug.photometric)
-    photometric_only.seed(0)
     image = np.random.default_rng(0).integers(60, 200, (16, 16, 3), dtype=np.uint8)
     differs = 0
-    for _ in range(16):
-        out1, out2, _ = photometric_only(image, image.copy(), np.zeros((16, 16), np.uint8))
+    for draw in range(16):
+        label = np.zeros((16, 16), np.uint8)
+        out1, out2, _ = photometric_only(image, image.copy(), label, key=(0, draw))
         differs += int(not np.array_equal(out1, out2))
     assert differs >= 8
 
@@ -116,8 +116,7 @@ def test_time_exchange_swaps_the_dates() -> None:
     assert build_augmentation("changer").exchange_p == 0.5
     assert build_augmentation("standard").exchange_p == 0.0
     swapper = PairAugment(exchange_p=0.5)
-    swapper.seed(3)
-    swaps = [swapper(a, b, mask)[0] is b for _ in range(40)]
+    swaps = [swapper(a, b, mask, key=(3, draw))[0] is b for draw in range(40)]
     assert 0 < sum(swaps) < 40
 
 
@@ -185,17 +184,18 @@ def test_crop_and_unknown_recipe() -> None:
         build_augmentation("flipflop")
 
 
-def test_augmentation_state_round_trip_continues_the_same_draws() -> None:
-    from cdkd.data.transforms import build_augmentation
-
+def test_a_key_fixes_the_draw_and_keyless_calls_continue_a_sequence() -> None:
     augment = build_augmentation("changer")
     rng = np.random.default_rng(0)
     image1, image2 = (rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2))
     mask = rng.integers(0, 2, (16, 16), dtype=np.uint8)
-    augment(image1, image2, mask)
-    state = augment.state_dict()
-    first = [augment(image1, image2, mask) for _ in range(5)]
-    augment.load_state_dict(state)
-    again = [augment(image1, image2, mask) for _ in range(5)]
-    for a, b in zip(first, again, strict=True):
-        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+    def flat(key: tuple[int, ...] | None) -> np.ndarray:
+        return np.concatenate([a.ravel() for a in augment(image1, image2, mask, key)])
+
+    keyed = [flat((7, 0, position)) for position in range(6)]
+    assert all(np.array_equal(flat((7, 0, p)), out) for p, out in enumerate(keyed))
+    assert len({out.tobytes() for out in keyed}) > 1
+    sequence = [flat(None) for _ in range(4)]
+    assert len({out.tobytes() for out in sequence}) > 1
+    assert np.array_equal(flat((7, 0, 3)), keyed[3])  # keyless calls leave keyed draws alone

@@ -1,9 +1,9 @@
 """Real process kills: a run killed with SIGKILL and started again ends like an uninterrupted
 run; SIGTERM saves ``last.ckpt``; a finished run started again only re-evaluates.
 
-Lightning cannot fast-forward a plain DataLoader to the middle of an epoch, so checkpoints
-fall on epoch boundaries here (8 training pairs, batch 4: validation every 2 steps). The runs
-train with the standard augmentation, whose random state the checkpoints carry.
+Checkpoints fall in the middle of epochs (12 training pairs, batch 4: three steps an epoch,
+validation every 2 steps) and the runs train with the standard augmentation, so the resumed
+run must continue the interrupted epoch with the same batches and the same augmentations.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 import torch
 
 MAX_STEPS = 6
+STEPS_PER_EPOCH = 3
 
 
 def overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -30,7 +31,7 @@ def overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
         "test_after_fit=false",
         f"paths.data_dir={data_dir}",
         "data.root=${paths.data_dir}/resume",
-        "data.synthetic.counts={train: 8, val: 4, test: 4}",
+        "data.synthetic.counts={train: 12, val: 4, test: 4}",
         "data.batch_size=4",
         f"schedule.max_steps={MAX_STEPS}",
         "schedule.val_every=2",
@@ -88,6 +89,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert proc.wait(timeout=60) == -signal.SIGKILL
     killed_at = load(resumed / "last.ckpt")["global_step"]
     assert 0 < killed_at < MAX_STEPS, "the run finished before it could be killed"
+    assert killed_at % STEPS_PER_EPOCH != 0, "the kill should fall in the middle of an epoch"
 
     run(command(data, resumed), tmp_path)  # the same command again: resume=auto
     expected, got = load(reference / "last.ckpt"), load(resumed / "last.ckpt")

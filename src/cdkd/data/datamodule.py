@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, default_collate
 from cdkd.data.car_index import CarIndex, build_car_index, cache_path
 from cdkd.data.dataset import IMAGENET_MEAN, IMAGENET_STD, ChangeDetectionDataset, pad_collate
 from cdkd.data.layout import Sample, discover_split, require_root
+from cdkd.data.sampler import EpochShuffleSampler, ResumableLoader
 from cdkd.data.transforms import build_augmentation
 from cdkd.errors import ConfigError, DataError
 from cdkd.partition import PartitionScheme
@@ -66,6 +67,8 @@ class ChangeDataModule(LightningDataModule):
         synthetic: ``{counts, size, seed}``: generate a synthetic dataset at ``root`` first.
         pin_memory: Pin batches in page-locked memory (default: when CUDA is available).
         persistent_workers: Keep workers between epochs (default: when ``num_workers > 0``).
+        seed: Seed of the training order and augmentation (with the epoch and the item's
+            position: see :mod:`cdkd.data.sampler`).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class ChangeDataModule(LightningDataModule):
         synthetic: Mapping[str, Any] | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -118,6 +122,7 @@ class ChangeDataModule(LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         persistent = num_workers > 0 if persistent_workers is None else persistent_workers
         self.persistent_workers = persistent and num_workers > 0
+        self.seed = seed
         self._splits: dict[str, _Split] = {}
         self._folders: dict[Path, tuple[list[Sample], CarIndex]] = {}
 
@@ -149,15 +154,24 @@ class ChangeDataModule(LightningDataModule):
                     "set data.crop_size to train on crops"
                 )
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented training batches of equal-size images."""
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled, augmented training batches of equal-size images, sharded across ranks.
+
+        Checkpoints record the loader's position, so a run resumed from the middle of an
+        epoch continues with the batches an uninterrupted run would have trained on.
+        """
         split = self._split("train")
-        dataset = ChangeDetectionDataset(split.samples, self.mean, self.std, self.train_augment)
-        return DataLoader(
+        dataset = ChangeDetectionDataset(
+            split.samples, self.mean, self.std, self.train_augment, seed=self.seed
+        )
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = EpochShuffleSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+        return ResumableLoader(
             dataset,
+            sampler=sampler,
             batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=len(dataset) > self.batch_size,
+            drop_last=len(sampler) > self.batch_size,
             collate_fn=default_collate,
             **self._loader_options(),
         )

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from cdkd.data.io import read_image, read_mask
 from cdkd.data.layout import Sample
+from cdkd.data.sampler import TrainKey
 from cdkd.data.transforms import PairAugment
 from cdkd.partition import IGNORE_INDEX
 
@@ -31,6 +32,9 @@ class ChangeDetectionDataset(Dataset):
         mean: Per-channel mean (RGB, 0-255 units).
         std: Per-channel standard deviation (RGB, 0-255 units).
         augment: Training augmentation, or ``None`` for evaluation.
+        seed: With ``augment``: items asked for by a :data:`~cdkd.data.sampler.TrainKey`
+            ``(position, epoch)`` are augmented as ``(seed, epoch, position)`` says, the same
+            in every process and after every resume.
     """
 
     def __init__(
@@ -39,21 +43,25 @@ class ChangeDetectionDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         augment: PairAugment | None = None,
+        seed: int = 0,
     ) -> None:
         self.samples = list(samples)
         self.mean = torch.tensor([float(m) for m in mean], dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor([float(s) for s in std], dtype=torch.float32).view(3, 1, 1)
         self.augment = augment
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, position: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | TrainKey) -> dict[str, Any]:
+        position, epoch = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[position]
         image1, image2 = read_image(sample.image1), read_image(sample.image2)
         mask = read_mask(sample.label)
         if self.augment is not None:
-            image1, image2, mask = self.augment(image1, image2, mask)
+            draw = None if epoch is None else (self.seed, epoch, position)
+            image1, image2, mask = self.augment(image1, image2, mask, draw)
         return {
             "image1": self._normalise(image1),
             "image2": self._normalise(image2),

@@ -19,8 +19,8 @@ Recipes (``augment``):
 
 from __future__ import annotations
 
-import os
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
@@ -129,9 +129,11 @@ class PairAugment:
         photometric: Applied to each date separately (independent parameters).
         exchange_p: Probability of swapping the two dates (after the geometric step).
 
-    The random state is re-seeded from ``torch.initial_seed()`` the first time it is used in a
-    process (and whenever that seed changes), so DataLoader workers draw different
-    augmentations and a run seeded with ``lightning.seed_everything`` is reproducible.
+    Every call draws from generators seeded by a ``key``: the same key gives the same
+    augmentation. The training data passes ``(seed, epoch, position)``, which makes the
+    augmentation independent of DataLoader workers and of where a run was resumed. Without a
+    key, calls follow a sequence seeded by ``torch.initial_seed()`` (so each worker of a seeded
+    run draws its own reproducible sequence).
     """
 
     def __init__(
@@ -143,59 +145,37 @@ class PairAugment:
         self.geometric = geometric
         self.photometric = photometric
         self.exchange_p = exchange_p
-        self._rng = np.random.default_rng()
-        self._streams: list[tuple[np.random.Generator, random.Random]] = []
-        self._seeded_for: tuple[int, int] | None = None
+        self._calls = 0
 
-    def seed(self, seed: int) -> None:
-        """Make the following draws a deterministic function of ``seed``.
+    def _seed(self, key: Sequence[int]) -> np.random.Generator:
+        """Seed each pipeline from ``key``; returns the generator of the time exchange.
 
         Each pipeline gets one generator shared by all its transforms (albumentations'
         ``set_random_seed`` would give every transform an identical stream, so e.g. the
         horizontal and vertical flips would always fire together).
         """
-        seeds = np.random.SeedSequence(seed).generate_state(3)
-        self._rng = np.random.default_rng(int(seeds[0]))
-        self._streams = []
+        seeds = np.random.SeedSequence([int(k) for k in key]).generate_state(3)
         for pipeline, state in ((self.geometric, seeds[1]), (self.photometric, seeds[2])):
             if pipeline is not None:
-                stream = (np.random.default_rng(int(state)), random.Random(int(state)))
-                pipeline.set_random_state(*stream)
-                self._streams.append(stream)
-        self._seeded_for = (os.getpid(), torch.initial_seed())
-
-    def _ensure_seeded(self) -> None:
-        if self._seeded_for != (os.getpid(), torch.initial_seed()):
-            self.seed(torch.initial_seed())
-
-    def state_dict(self) -> dict[str, Any]:
-        """This process's random state, as plain values (checkpoints store it for resuming)."""
-        self._ensure_seeded()
-        streams = []
-        for generator, py_random in self._streams:
-            version, internal, gauss = py_random.getstate()
-            python = [version, list(internal), gauss]
-            streams.append({"numpy": generator.bit_generator.state, "python": python})
-        return {"exchange": self._rng.bit_generator.state, "streams": streams}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the random streams saved by :meth:`state_dict` in this process."""
-        self._ensure_seeded()
-        self._rng.bit_generator.state = state["exchange"]
-        for (generator, py_random), saved in zip(self._streams, state["streams"], strict=True):
-            generator.bit_generator.state = saved["numpy"]
-            version, internal, gauss = saved["python"]
-            py_random.setstate((version, tuple(internal), gauss))
+                pipeline.set_random_state(np.random.default_rng(state), random.Random(int(state)))
+        return np.random.default_rng(seeds[0])
 
     def __call__(
-        self, image1: np.ndarray, image2: np.ndarray, mask: np.ndarray
+        self,
+        image1: np.ndarray,
+        image2: np.ndarray,
+        mask: np.ndarray,
+        key: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Augment uint8 ``[H, W, 3]`` images and a uint8 ``[H, W]`` label."""
-        self._ensure_seeded()
+        """Augment uint8 ``[H, W, 3]`` images and a uint8 ``[H, W]`` label as ``key`` says."""
+        if key is None:
+            key = (torch.initial_seed(), self._calls)
+            self._calls += 1
+        exchange = self._seed(key)
         if self.geometric is not None:
             out = self.geometric(image=image1, image2=image2, mask=mask)
             image1, image2, mask = out["image"], out["image2"], out["mask"]
-        if self.exchange_p > 0 and self._rng.random() < self.exchange_p:
+        if self.exchange_p > 0 and exchange.random() < self.exchange_p:
             image1, image2 = image2, image1
         if self.photometric is not None:
             image1 = self.photometric(image=image1)["image"]

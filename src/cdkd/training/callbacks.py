@@ -37,7 +37,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class RngStateCallback(Callback):
     """Saves the Python, NumPy and torch (CPU and CUDA) random states in every checkpoint and
-    restores them on resume, so shuffling continues as in an uninterrupted run.
+    restores them on resume, so random draws of the model (e.g. dropout) continue as in an
+    uninterrupted run. (The training order and augmentation need no state: see
+    :mod:`cdkd.data.sampler`.)
 
     The states are applied when training starts, not when the checkpoint is read: Lightning
     draws random numbers while it restores and sets up the loops, which an uninterrupted run
@@ -47,16 +49,6 @@ class RngStateCallback(Callback):
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
-        self._trainer: L.Trainer | None = None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._trainer = trainer
-
-    def _augment(self) -> Any:
-        """The training augmentation of the datamodule, when it keeps a random state."""
-        datamodule = getattr(self._trainer, "datamodule", None)
-        augment = getattr(datamodule, "train_augment", None)
-        return augment if hasattr(augment, "state_dict") else None
 
     def state_dict(self) -> dict[str, Any]:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -73,9 +65,6 @@ class RngStateCallback(Callback):
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
-        augment = self._augment()
-        if augment is not None:  # advanced in this process only when the loader has no workers
-            state["augment"] = augment.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -84,9 +73,6 @@ class RngStateCallback(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending is not None:
             self._restore(self._pending)
-            augment = self._augment()
-            if augment is not None and "augment" in self._pending:
-                augment.load_state_dict(self._pending["augment"])
             self._pending = None
 
     @staticmethod
