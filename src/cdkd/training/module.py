@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loops.optimization.automatic import ClosureResult
 
-from cdkd.errors import CdkdError
+from cdkd.errors import CdkdError, ConfigError
 from cdkd.metrics import ChangeMetrics
 from cdkd.models import ChangeModel, create_model
 from cdkd.training.losses import build_loss, resize_logits
@@ -22,6 +23,15 @@ NAN_POLICIES = ("stop", "skip")
 
 class NonFiniteLossError(CdkdError):
     """The training loss became NaN or infinite (``nan_policy=stop``)."""
+
+
+class SkippedStep(Exception):
+    """Ends a training step that every DDP process skips (``nan_policy=skip``) before any
+    backward pass; :meth:`ChangeDetectionModule.optimizer_step` then makes no update.
+
+    Lightning refuses a ``None`` training step under DDP, as processes that disagree would
+    wait forever for each other's gradients; here all processes decide together.
+    """
 
 
 class ChangeDetectionModule(L.LightningModule):
@@ -106,6 +116,27 @@ class ChangeDetectionModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.uses_channels_last():
             self.net.to(memory_format=torch.channels_last)
+        trainer = self.trainer
+        distributed_skip = self.hparams.nan_policy == "skip" and trainer.world_size > 1
+        if distributed_skip and trainer.accumulate_grad_batches > 1:
+            raise ConfigError(
+                "nan_policy=skip with several processes needs trainer.accumulate_grad_batches=1"
+            )
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """Lightning's step, except that a step all processes skipped updates nothing."""
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        except SkippedStep:
+            # The loop reads the step's outcome from the closure: give it Lightning's own
+            # "training_step returned None" result, as in a single process.
+            optimizer_closure._result = ClosureResult(closure_loss=None)  # type: ignore[union-attr]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.uses_channels_last() and isinstance(batch, dict):
@@ -139,17 +170,31 @@ class ChangeDetectionModule(L.LightningModule):
     def non_finite(self, loss: torch.Tensor, batch: Mapping[str, Any]) -> bool:
         """Whether to skip this step because its loss is NaN/Inf (``nan_policy=skip``).
 
-        With ``nan_policy=stop`` a non-finite loss raises :class:`NonFiniteLossError` before
-        any update, naming the step and the batch's files.
+        Under DDP the processes decide together: when any of them has a non-finite loss, all
+        skip the step (or all stop), so none waits forever for the others' gradients. With
+        ``nan_policy=stop`` a non-finite loss raises :class:`NonFiniteLossError` before any
+        update, naming the step and the batch's files.
         """
-        if bool(torch.isfinite(loss.detach()).all()):
+        finite_here = bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        finite = finite_here
+        if trainer is not None and trainer.world_size > 1:
+            finite = trainer.strategy.reduce_boolean_decision(finite_here, all=True)
+        if finite:
             return False
         names = ", ".join(str(n) for n in batch.get("name", []))
+        where = (
+            f"{loss.item()} on batch [{names}]"
+            if not finite_here
+            else "not finite on another process"
+        )
         if self.hparams.nan_policy == "skip":
-            log.warning("step %d: loss is %s, step skipped (%s)", self.global_step, loss, names)
+            log.warning("step %d: loss is %s, step skipped", self.global_step, where)
+            if trainer is not None and trainer.world_size > 1:
+                raise SkippedStep
             return True
         raise NonFiniteLossError(
-            f"step {self.global_step}: training loss is {loss.item()} on batch [{names}]; "
+            f"step {self.global_step}: training loss is {where}; "
             "stopped with the checkpoints of the last good state (lower the learning rate, set "
             "trainer.gradient_clip_val, or nan_policy=skip)"
         )
