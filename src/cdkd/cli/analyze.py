@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -40,7 +39,7 @@ from cdkd.analysis.compare import (
     strategy_label,
     top_images,
 )
-from cdkd.cli.common import config_dir, report_errors
+from cdkd.cli.common import command
 from cdkd.errors import ConfigError
 from cdkd.files import write_text_atomic
 from cdkd.partition import PartitionScheme
@@ -301,8 +300,7 @@ def eval_arguments() -> tuple[str, ...]:
     return tuple(kept)
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="analyze")
-@report_errors
+@command("analyze")
 def main(cfg: DictConfig) -> None:
     """Write the requested figures and tables and list them."""
     written, skipped = run_analysis(Analysis(cfg, eval_arguments()))

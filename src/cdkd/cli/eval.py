@@ -10,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from cdkd.cli.common import config_dir, report_errors
+from cdkd.cli.common import command
 from cdkd.errors import ConfigError
 
 STRATEGIES = ("original", "op", "mtkd")
@@ -84,8 +83,7 @@ def routing_table(confusion: dict[str, dict[str, int]]) -> Table:
     return table
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-@report_errors
+@command("eval")
 def main(cfg: DictConfig) -> None:
     """Evaluate ``cfg.strategy`` on ``cfg.split`` and write the results to ``cfg.out_dir``."""
     from cdkd.analysis.tables import metrics_table

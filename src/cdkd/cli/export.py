@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from torch import nn
 
-from cdkd.cli.common import config_dir, report_errors
-from cdkd.errors import CheckpointError, ConfigError, DataError
+from cdkd.cli.common import command, config_dir
+from cdkd.errors import CheckpointError, ConfigError, DataError, brief
 from cdkd.models import ChangeModel
 
 #: Spatial sizes of a dynamic graph must be multiples of this (as in sliding-window inference).
@@ -237,8 +235,7 @@ def _root_cause(exc: BaseException) -> str:
     """First line of the innermost cause of ``exc``, without terminal colour codes."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return brief(exc)
 
 
 def _export_once(
@@ -288,8 +285,7 @@ def _compare(wrapper: FullResolution, path: Path, shape: tuple[int, ...]) -> flo
     return float(abs(got - expected).max())
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="export")
-@report_errors
+@command("export")
 def main(cfg: DictConfig) -> None:
     """Export ``cfg.ckpt`` in ``cfg.format`` and print what was written and checked."""
     if cfg.format != "onnx":

@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from rich.console import Console
 
-from cdkd.cli.common import config_dir
+from cdkd.cli.common import config_dir, config_error_message
 from cdkd.errors import CdkdError, ConfigError
 from cdkd.files import write_json_atomic, write_text_atomic
 
@@ -50,8 +50,9 @@ def compose_config(name: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         try:
             return compose(config_name=name, overrides=overrides)
-        except Exception as exc:
-            raise ConfigError(f"{name} config with {overrides}: {exc}") from exc
+        except Exception as exc:  # Hydra's and OmegaConf's errors, several kinds
+            message = config_error_message(exc)
+            raise ConfigError(f"{name} config with {overrides}: {message}") from exc
 
 
 def eval_overrides(overrides: list[str]) -> list[str]:

@@ -13,14 +13,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from cdkd.cli.common import config_dir, report_errors
+from cdkd.cli.common import command
 from cdkd.errors import ConfigError, DataError
 from cdkd.inference.geotiff import TIFF_SUFFIXES, SceneOptions
 from cdkd.models import ChangeModel
@@ -186,8 +185,7 @@ def predict_scene_pair(
     )
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
-@report_errors
+@command("predict")
 def main(cfg: DictConfig) -> None:
     """Write one change map per readable pair; exit non-zero if any pair failed."""
     from cdkd.cli.eval import pick_device

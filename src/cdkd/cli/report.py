@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 
-from cdkd.cli.common import config_dir, report_errors
+from cdkd.cli.common import command
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="report")
-@report_errors
+@command("report")
 def main(cfg: DictConfig) -> None:
     """Print the sweep table and write ``sweep.md`` / ``sweep.json`` into the sweep folder."""
     from cdkd.analysis.sweep import best_run, collect_sweep, sweep_markdown, sweep_table

@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from cdkd.analysis.tables import metrics_table
-from cdkd.cli.common import config_dir, report_errors
+from cdkd.cli.common import command
 from cdkd.data.io import IMAGE_SUFFIXES, read_mask
 from cdkd.data.layout import list_images
 from cdkd.errors import ConfigError, DataError
@@ -104,8 +103,7 @@ def _required(cfg: DictConfig, key: str, meaning: str) -> str:
     return str(cfg[key])
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="score")
-@report_errors
+@command("score")
 def main(cfg: DictConfig) -> None:
     """Score ``pred`` against ``gt``, print the table and write ``out`` if given."""
     pred_dir = _required(cfg, "pred", "folder of predicted masks")

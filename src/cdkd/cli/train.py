@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from cdkd.cli.common import config_dir, report_errors
+from cdkd.cli.common import command
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-@report_errors
+@command("train")
 def main(cfg: DictConfig) -> float | None:
     """Train as configured; returns the optimised metric so Hydra sweepers can use it."""
     from cdkd.training.run import train

@@ -22,7 +22,12 @@ def _open(path: Path) -> Image.Image:
     except FileNotFoundError as exc:
         raise DataError(f"{path}: file not found") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(exc)
+        if path.is_file() and path.stat().st_size == 0:
+            reason = "empty file"
+        elif isinstance(exc, UnidentifiedImageError):
+            reason = "not a known image format"  # Pillow's text repeats the path
+        else:
+            reason = str(exc)
         raise DataError(f"{path}: unreadable or corrupt image ({reason})") from exc
     return img
 

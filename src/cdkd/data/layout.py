@@ -71,6 +71,11 @@ def list_images(folder: Path) -> dict[str, Path]:
     for entry in folder.iterdir():
         if entry.name.startswith("."):
             continue
+        if entry.is_symlink():
+            try:
+                entry.stat()
+            except OSError as exc:  # a link loop or a link to nothing
+                raise DataError(f"{entry}: unusable symbolic link ({exc.strerror})") from exc
         if not entry.is_file() or entry.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(
                 f"{entry}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)})"

@@ -26,7 +26,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from cdkd.errors import ConfigError, DataError
+from cdkd.errors import ConfigError, DataError, brief
 from cdkd.files import atomic_path
 from cdkd.inference.sliding import Advance, TileGrid, batched_logits
 from cdkd.models import ChangeModel
@@ -148,12 +148,7 @@ def open_scene(path: str | Path) -> DatasetReader:
         with _quiet():
             return rasterio.open(path)
     except RasterioError as exc:
-        raise DataError(f"{path}: unreadable raster ({_first_line(exc)})") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise DataError(f"{path}: unreadable raster ({brief(exc)})") from exc
 
 
 def check_same_grid(src1: DatasetReader, src2: DatasetReader) -> None:
@@ -254,7 +249,7 @@ class SceneReader:
         try:
             return self.src.read(self.bands, window=window, out_shape=shape, resampling=resampling)
         except RasterioError as exc:
-            raise DataError(f"{self.path}: read failed ({_first_line(exc)})") from exc
+            raise DataError(f"{self.path}: read failed ({brief(exc)})") from exc
 
     def _read_masks(
         self, window: Window | None = None, shape: tuple[int, ...] | None = None
@@ -262,7 +257,7 @@ class SceneReader:
         try:
             return self.src.read_masks(self.bands, window=window, out_shape=shape)
         except RasterioError as exc:
-            raise DataError(f"{self.path}: read failed ({_first_line(exc)})") from exc
+            raise DataError(f"{self.path}: read failed ({brief(exc)})") from exc
 
     @staticmethod
     def _valid(values: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from cdkd.errors import CheckpointError
+from cdkd.errors import CheckpointError, brief
 from cdkd.models.base import ChangeModel
 
 M = TypeVar("M", bound=type[ChangeModel])
@@ -98,8 +98,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        text = str(exc).strip()
-        reason = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        reason = brief(exc, sentences=1)
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({reason})") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

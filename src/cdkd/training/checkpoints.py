@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from cdkd.errors import CheckpointError, ConfigError
+from cdkd.errors import CheckpointError, ConfigError, brief
 from cdkd.models import ChangeModel, create_model
 from cdkd.partition import PartitionScheme
 
@@ -24,7 +24,8 @@ def read_hparams(path: str | Path, expected_model: str | None = None) -> dict[st
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({exc})") from exc
+        reason = brief(exc, sentences=1)
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({reason})") from exc
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "model" not in hparams:
         raise CheckpointError(f"{path}: not a cdkd training checkpoint (no recorded model)")

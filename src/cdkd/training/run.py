@@ -62,8 +62,23 @@ def partition_scheme(cfg: DictConfig) -> PartitionScheme:
         raise ConfigError(str(exc)) from exc
 
 
+def number(cfg: DictConfig, key: str, kind: type[int] | type[float]) -> Any:
+    """``cfg.<key>`` as an int or float, or a one-line error naming the key (``None`` stays)."""
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return None
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        wanted = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{key} = {value!r} is not {wanted}") from exc
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject inconsistent or out-of-range settings before any data is read (one line each)."""
+    number(cfg, "seed", int)
     if cfg.empty_policy not in EMPTY_POLICIES:
         raise ConfigError(f"empty_policy '{cfg.empty_policy}' must be one of {EMPTY_POLICIES}")
     if cfg.nan_policy not in NAN_POLICIES:
@@ -71,9 +86,9 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.resume not in RESUME_MODES:
         raise ConfigError(f"resume '{cfg.resume}' must be auto, true or false")
     model = cfg.model
-    if float(model.optimizer.lr) <= 0:
+    if number(cfg, "model.optimizer.lr", float) <= 0:
         raise ConfigError(f"model.optimizer.lr = {model.optimizer.lr} must be > 0")
-    if int(cfg.data.batch_size) < 1:
+    if number(cfg, "data.batch_size", int) < 1:
         raise ConfigError(f"data.batch_size = {cfg.data.batch_size} must be >= 1")
     for key in ("loss", "aux_loss"):
         spec = model.get(key)
@@ -85,8 +100,8 @@ def check_config(cfg: DictConfig) -> None:
             f"data.augment: unknown augmentation '{cfg.data.augment}'; use one of "
             f"{list(AUGMENTATIONS)}"
         )
-    clip = cfg.trainer.get("gradient_clip_val")
-    if clip is not None and float(clip) <= 0:
+    clip = number(cfg, "trainer.gradient_clip_val", float)
+    if clip is not None and clip <= 0:
         raise ConfigError(f"trainer.gradient_clip_val = {clip} must be > 0 (or null)")
     scheme = partition_scheme(cfg)
     if cfg.stage.bucket is not None:
@@ -96,10 +111,10 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"stage '{cfg.stage.name}': {exc}") from exc
     if cfg.stage.kind not in ("train", "distill"):
         raise ConfigError(f"stage '{cfg.stage.name}': kind '{cfg.stage.kind}' is not train/distill")
-    if cfg.stage.kind == "distill" and float(cfg.distill["lambda"]) < 0:
+    if cfg.stage.kind == "distill" and number(cfg, "distill.lambda", float) < 0:
         raise ConfigError(f"distill.lambda = {cfg.distill['lambda']} must be >= 0")
     for key in ("max_steps", "distill_max_steps", "warmup_steps", "val_every"):
-        if int(cfg.schedule[key]) < (1 if key != "warmup_steps" else 0):
+        if number(cfg, f"schedule.{key}", int) < (1 if key != "warmup_steps" else 0):
             raise ConfigError(f"schedule.{key} = {cfg.schedule[key]} is out of range")
 
 
@@ -276,11 +291,15 @@ def finished_run(run_dir: Path, ckpt_path: str | None, schedule: Schedule) -> di
     step = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
     if step < schedule.max_steps:
         return None
-    recorded = json.loads(metrics_file.read_text())
-    results = {"val/mIoU": recorded["val"]["per_image"]["mIoU"], "skipped": True}
-    results["best_checkpoint"] = recorded["checkpoint"]
-    if "test" in recorded:
-        results["test/mIoU"] = recorded["test"]["per_image"]["mIoU"]
+    try:
+        recorded = json.loads(metrics_file.read_text())
+        results = {"val/mIoU": recorded["val"]["per_image"]["mIoU"], "skipped": True}
+        results["best_checkpoint"] = recorded["checkpoint"]
+        if "test" in recorded:
+            results["test/mIoU"] = recorded["test"]["per_image"]["mIoU"]
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s is not a run summary of this version: evaluating again", metrics_file)
+        return None
     return results
 
 
@@ -370,7 +389,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # The module's batch hooks are meant to run (the datamodule defines none).
     warnings.filterwarnings("ignore", message=r"You have overridden `on_.*_batch_transfer`")
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    log.info("seed %d", cfg.seed)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_checkpoint(cfg, run_dir)

@@ -26,7 +26,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cdkd.errors import CheckpointError, ConfigError
+from cdkd.errors import CheckpointError, ConfigError, brief
 from cdkd.models.backbones import mix_transformer
 from cdkd.models.base import ChangeModel
 from cdkd.models.registry import ModelInfo, register_model
@@ -69,8 +69,9 @@ def pretrained_timm(name: str, weights: str | Path | None, **kwargs: Any) -> nn.
     try:
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not loadable as timm '{name}' weights ({reason})") from exc
+        raise CheckpointError(
+            f"{path}: not loadable as timm '{name}' weights ({brief(exc)})"
+        ) from exc
 
 
 def warn_random_encoder(model: str, timm_name: str) -> None:
