@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from factories import save_checkpoint, save_teachers
+
 MAX_STEPS = 6
 STEPS_PER_EPOCH = 3
 
@@ -76,13 +78,17 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+def kill_and_resume(tmp_path: Path, *extra: str) -> tuple[dict, dict]:
+    """Train uninterrupted; train again, SIGKILL mid-epoch, re-run the command: both ends."""
     data = tmp_path / "data"
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    train_here(data, reference)
+    train_here(data, reference, *extra)
 
     proc = subprocess.Popen(
-        command(data, resumed), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command(data, resumed, *extra),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_for(resumed / "last.ckpt", proc)
     proc.send_signal(signal.SIGKILL)
@@ -91,11 +97,19 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     assert 0 < killed_at < MAX_STEPS, "the run finished before it could be killed"
     assert killed_at % STEPS_PER_EPOCH != 0, "the kill should fall in the middle of an epoch"
 
-    run(command(data, resumed), tmp_path)  # the same command again: resume=auto
+    run(command(data, resumed, *extra), tmp_path)  # the same command again: resume=auto
     expected, got = load(reference / "last.ckpt"), load(resumed / "last.ckpt")
     assert got["global_step"] == expected["global_step"] == MAX_STEPS
+    assert got["state_dict"].keys() == expected["state_dict"].keys()
     for key, value in expected["state_dict"].items():
         torch.testing.assert_close(got["state_dict"][key], value, rtol=1e-5, atol=1e-6)
+    return expected, got
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    expected, got = kill_and_resume(tmp_path)
+    resumed = tmp_path / "resumed"
+    data = tmp_path / "data"
     best = "best_model_score"
     (cb_expected,) = [v for k, v in expected["callbacks"].items() if "val/mIoU" in k]
     (cb_got,) = [v for k, v in got["callbacks"].items() if "val/mIoU" in k]
@@ -138,3 +152,16 @@ def test_sigterm_saves_last_checkpoint(tmp_path: Path) -> None:
     step = load(run_dir / "last.ckpt")["global_step"]
     assert step >= 2
     assert f"stopped by SIGTERM at step {step}; last.ckpt holds that state" in stderr
+
+
+def test_killed_student_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    origin = save_checkpoint(tmp_path / "origin.ckpt", "fc_ef")
+    teachers = ", ".join(f"{b}: '{p}'" for b, p in save_teachers(tmp_path, "fc_ef").items())
+    kill_and_resume(
+        tmp_path,
+        "stage=student",
+        f"schedule.distill_max_steps={MAX_STEPS}",
+        f"distill.init={origin}",
+        f"distill.teachers={{{teachers}}}",
+        "distill.lambda=1.0",
+    )
