@@ -15,29 +15,9 @@ from cdkd.models import ChangeModel
 from cdkd.partition import PartitionScheme
 from cdkd.training.checkpoints import load_network
 from cdkd.training.distill import DistillationModule, align_logits, route
-from cdkd.training.module import ChangeDetectionModule
+from factories import THREE, TWO, save_checkpoint
 
-THREE = {
-    "name": "three",
-    "thresholds": [0.05, 0.2],
-    "buckets": ["small", "medium", "large"],
-}
-TWO = {"name": "two", "thresholds": [0.1], "buckets": ["small", "large"]}
 SIZE = 32
-
-
-def save_checkpoint(
-    path: Path, model: str, bucket: str | None, partition: dict[str, Any], seed: int
-) -> Path:
-    """A cdkd training checkpoint of a randomly initialised ``model``."""
-    torch.manual_seed(seed)
-    module = ChangeDetectionModule(
-        model=model,
-        loss="ce" if model.startswith("fc_") else "bce",
-        meta={"stage": "test", "bucket": bucket, "partition": partition},
-    )
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
 
 
 @pytest.fixture

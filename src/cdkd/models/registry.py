@@ -90,8 +90,11 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a network state dict from a plain ``.pth`` file or a cdkd training checkpoint."""
+def read_state_dict(path: str | Path, model: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a network state dict from a plain ``.pth`` file or a cdkd training checkpoint.
+
+    With ``model``, a cdkd checkpoint recorded for another model is refused by name.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
@@ -101,6 +104,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         reason = brief(exc, sentences=1)
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({reason})") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        recorded = (obj.get("hyper_parameters") or {}).get("model")
+        if model is not None and isinstance(recorded, str) and recorded != model:
+            raise CheckpointError(f"{path}: checkpoint is for model '{recorded}', not '{model}'")
         obj = obj["state_dict"]
         prefix = NETWORK_PREFIX
         if any(k.startswith(prefix) for k in obj):
@@ -126,7 +132,7 @@ def create_model(
         **overrides: constructor arguments replacing the registered defaults.
     """
     entry = get_entry(name)
-    state = read_state_dict(weights) if weights is not None else None
+    state = read_state_dict(weights, name) if weights is not None else None
     kwargs = dict(entry.defaults)
     if state is not None:
         kwargs.update(entry.cls.config_for_weights(state))
