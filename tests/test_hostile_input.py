@@ -9,7 +9,8 @@ in a GeoTIFF are not errors: those runs must succeed.
 
 The Hydra task functions run in this process (``main.__wrapped__`` is the task wrapped by
 ``report_errors``, i.e. what ``python -m cdkd.<tool>`` runs once Hydra composed the config);
-only the unknown-key case, which Hydra rejects before the task starts, runs a real process.
+only the config-composition cases (unknown key, unknown option, bad syntax), which Hydra
+rejects before the task starts, run real processes.
 """
 
 from __future__ import annotations
@@ -430,9 +431,31 @@ def test_truncated_checkpoint_is_refused_as_resume_source(
 # --- Hydra overrides -----------------------------------------------------------------------
 
 
-def test_unknown_override_key_is_one_line_and_exit_1(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        pytest.param(
+            "distill.lamda=0.1",
+            "error: Could not override 'distill.lamda': Key 'lamda' is not in struct. "
+            "To append to your config use +distill.lamda=0.1",
+            id="unknown-key",
+        ),
+        pytest.param(
+            "model=tinycdd",
+            "error: In 'train': Could not find 'model/tinycdd' (available: ban_vit_b, ",
+            id="unknown-option",
+        ),
+        pytest.param(
+            "data.batch_size=[", "error: no viable alternative at input '['", id="bad-syntax"
+        ),
+    ],
+)
+def test_config_composition_errors_are_one_line_and_exit_1(
+    tmp_path: Path, override: str, expected: str
+) -> None:
+    """Hydra rejects these before the task starts: only a real process shows the report."""
     proc = subprocess.run(
-        [sys.executable, "-m", "cdkd.train", "distill.lamda=0.1"],
+        [sys.executable, "-m", "cdkd.train", override],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -441,8 +464,8 @@ def test_unknown_override_key_is_one_line_and_exit_1(tmp_path: Path) -> None:
     err = proc.stderr.strip()
     assert proc.returncode == 1, err
     assert sorted(tmp_path.iterdir()) == []  # no run or output folder
-    assert "distill.lamda" in err
     assert len(err.splitlines()) == 1, err
+    assert err.startswith(expected), err
 
 
 @pytest.mark.parametrize(
