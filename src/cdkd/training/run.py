@@ -389,6 +389,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # The module's batch hooks are meant to run (the datamodule defines none).
     warnings.filterwarnings("ignore", message=r"You have overridden `on_.*_batch_transfer`")
+    # Lightning's own use of a torch API that torch deprecated; nothing a user can change.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     log.info("seed %d", cfg.seed)
     run_dir = Path(cfg.run_dir)
