@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -130,6 +131,15 @@ def test_non_finite_loss_stops_or_skips() -> None:
     assert _module("skip").training_step(_batch(float("inf")), 0) is None
     with pytest.raises(ValueError, match="nan_policy"):
         _module("ignore")
+
+
+def test_skipping_steps_together_rules_out_gradient_accumulation() -> None:
+    module = _module("skip")
+    module._trainer = SimpleNamespace(world_size=2, accumulate_grad_batches=2)
+    with pytest.raises(ConfigError, match="accumulate_grad_batches=1"):
+        module.on_fit_start()
+    module._trainer = SimpleNamespace(world_size=1, accumulate_grad_batches=2)
+    module.on_fit_start()
 
 
 class _Trainer:

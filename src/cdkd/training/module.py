@@ -116,9 +116,9 @@ class ChangeDetectionModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.uses_channels_last():
             self.net.to(memory_format=torch.channels_last)
-        trainer = self.trainer
-        distributed_skip = self.hparams.nan_policy == "skip" and trainer.world_size > 1
-        if distributed_skip and trainer.accumulate_grad_batches > 1:
+        trainer = self._trainer
+        skip_together = self.hparams.nan_policy == "skip" and trainer is not None
+        if skip_together and trainer.world_size > 1 and trainer.accumulate_grad_batches > 1:
             raise ConfigError(
                 "nan_policy=skip with several processes needs trainer.accumulate_grad_batches=1"
             )
