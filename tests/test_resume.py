@@ -9,6 +9,7 @@ run must continue the interrupted epoch with the same batches and the same augme
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,20 +79,28 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def kill_and_resume(tmp_path: Path, *extra: str) -> tuple[dict, dict]:
-    """Train uninterrupted; train again, SIGKILL mid-epoch, re-run the command: both ends."""
+def kill_and_resume(tmp_path: Path, *extra: str, ddp: bool = False) -> tuple[dict, dict]:
+    """Train uninterrupted; train again, SIGKILL mid-epoch, re-run the command: both ends.
+
+    The uninterrupted run trains in this process, except under DDP, whose launcher starts
+    the other process by running this process's command line again.
+    """
     data = tmp_path / "data"
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    train_here(data, reference, *extra)
+    if ddp:
+        run(command(data, reference, *extra), tmp_path)
+    else:
+        train_here(data, reference, *extra)
 
     proc = subprocess.Popen(
         command(data, resumed, *extra),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: DDP workers die with it
     )
     wait_for(resumed / "last.ckpt", proc)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     killed_at = load(resumed / "last.ckpt")["global_step"]
     assert 0 < killed_at < MAX_STEPS, "the run finished before it could be killed"
@@ -164,4 +173,16 @@ def test_killed_student_resumes_to_the_same_weights(tmp_path: Path) -> None:
         f"distill.init={origin}",
         f"distill.teachers={{{teachers}}}",
         "distill.lambda=1.0",
+    )
+
+
+def test_killed_ddp_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    # Two processes on CPU, 12 pairs each: still three steps an epoch.
+    kill_and_resume(
+        tmp_path,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "data.synthetic.counts={train: 24, val: 4, test: 4}",
+        ddp=True,
     )
