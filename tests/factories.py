@@ -1,10 +1,13 @@
-"""Builders shared by tests: cdkd checkpoints of randomly initialised models."""
+"""Builders shared by tests: cdkd checkpoints of randomly initialised models, tool runs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from cdkd.models import get_entry
@@ -56,3 +59,21 @@ def save_teachers(
         )
         for i, bucket in enumerate(partition["buckets"])
     }
+
+
+def run_tool(
+    *args: str, cwd: Path, code: int | None = 0, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m ARGS`` in ``cwd``; fail the test unless it exits with ``code``.
+
+    ``code=None`` accepts any exit status (the caller checks it).
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    if code is not None and proc.returncode != code:
+        pytest.fail(
+            f"{args[0]} exited {proc.returncode}, expected {code}:\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc

@@ -7,8 +7,6 @@ import itertools
 import json
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +41,7 @@ from cdkd.cli.pipeline import compose_config
 from cdkd.errors import ConfigError, DataError
 from cdkd.metrics import METRIC_KEYS
 from cdkd.partition import PartitionScheme
+from factories import run_tool
 
 SIZE = 32
 TEST_IMAGES = 10
@@ -367,14 +366,7 @@ def test_all_skips_missing_predictions_and_writes_the_rest(tmp_path: Path) -> No
 def test_cli_writes_every_item(tmp_path: Path) -> None:
     tree = build_tree(tmp_path)
     args = [*overrides(tree), "images=[3.png,5]", "cell=48"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "cdkd.analyze", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_tool("cdkd.analyze", *args, cwd=tmp_path)
     out = tree["model_dir"] / "analysis"
     names = [
         "car_distribution.png",

@@ -15,7 +15,7 @@ from cdkd.models import ChangeModel
 from cdkd.partition import PartitionScheme
 from cdkd.training.checkpoints import load_network
 from cdkd.training.distill import DistillationModule, align_logits, route
-from factories import THREE, TWO, save_checkpoint
+from factories import THREE, TWO, run_tool, save_checkpoint
 
 SIZE = 32
 
@@ -273,8 +273,6 @@ def test_origin_partition_routes_by_origin_predicted_car() -> None:
 
 def test_student_trains_under_two_process_ddp(checkpoints: dict[str, Any]) -> None:
     import json
-    import subprocess
-    import sys
 
     root = checkpoints["dir"]
     teachers = ", ".join(f"{b}: '{p}'" for b, p in checkpoints["teachers"].items())
@@ -291,14 +289,7 @@ def test_student_trains_under_two_process_ddp(checkpoints: dict[str, Any]) -> No
         f"distill.init={checkpoints['origin']}",
         f"distill.teachers={{{teachers}}}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "cdkd.train", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_tool("cdkd.train", *args, cwd=root)
     run_dir = root / "runs" / "synthetic" / "fc_siam_diff" / "student" / "lambda_0.001"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["val"]["count"] == 12 and metrics["test"]["count"] == 12

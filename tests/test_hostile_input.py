@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ from cdkd.data.car_index import cache_path
 from cdkd.inference.geotiff import MASK_NODATA
 from cdkd.models import create_model
 from conftest import write_pair
-from factories import save_checkpoint
+from factories import run_tool, save_checkpoint
 
 MODEL = "fc_ef"
 # 4 training pairs of 32 px, batch 2, one optimizer step: the smallest real run.
@@ -454,15 +452,7 @@ def test_config_composition_errors_are_one_line_and_exit_1(
     tmp_path: Path, override: str, expected: str
 ) -> None:
     """Hydra rejects these before the task starts: only a real process shows the report."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "cdkd.train", override],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    err = proc.stderr.strip()
-    assert proc.returncode == 1, err
+    err = run_tool("cdkd.train", override, cwd=tmp_path, code=1).stderr.strip()
     assert sorted(tmp_path.iterdir()) == []  # no run or output folder
     assert len(err.splitlines()) == 1, err
     assert err.startswith(expected), err

@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def run(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-    if ok and proc.returncode != 0:
-        pytest.fail(
-            f"{args[0]} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-        )
-    return proc
+from factories import run_tool
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("e2e")
     common = (f"paths.data_dir={root / 'data'}", f"paths.runs_dir={root / 'runs'}")
-    run("cdkd.train", "experiment=smoke", "model=fc_siam_diff", "logger=none", *common, cwd=root)
+    run_tool(
+        "cdkd.train", "experiment=smoke", "model=fc_siam_diff", "logger=none", *common, cwd=root
+    )
     run_dir = root / "runs" / "synthetic" / "fc_siam_diff" / "baseline"
     return {"root": root, "run_dir": run_dir, "data": root / "data" / "synthetic-smoke"}
 
@@ -44,7 +35,7 @@ def test_train_writes_the_run_folder(trained: dict[str, Path]) -> None:
 def test_eval_predict_and_score_agree(trained: dict[str, Path]) -> None:
     root, run_dir, data = trained["root"], trained["run_dir"], trained["data"]
     common = (f"paths.data_dir={root / 'data'}", f"paths.runs_dir={root / 'runs'}")
-    run(
+    run_tool(
         "cdkd.eval",
         "experiment=smoke",
         "model=fc_siam_diff",
@@ -57,7 +48,7 @@ def test_eval_predict_and_score_agree(trained: dict[str, Path]) -> None:
     assert rows[0].startswith("name,car,mIoU") and len(rows) == 1 + 12
 
     preds = root / "predictions"
-    run(
+    run_tool(
         "cdkd.predict",
         "model=fc_siam_diff",
         f"weights={run_dir / 'best.ckpt'}",
@@ -67,7 +58,7 @@ def test_eval_predict_and_score_agree(trained: dict[str, Path]) -> None:
     )
     assert len(list(preds.glob("*.png"))) == 12
     out = root / "score.json"
-    run("cdkd.score", f"pred={preds}", f"gt={data / 'test' / 'label'}", f"out={out}", cwd=root)
+    run_tool("cdkd.score", f"pred={preds}", f"gt={data / 'test' / 'label'}", f"out={out}", cwd=root)
     scored = json.loads(out.read_text())
     assert scored["count"] == evaluated["count"] == 12
     for key, value in evaluated["per_image"].items():
@@ -85,14 +76,14 @@ def test_predict_reports_unreadable_pairs_and_keeps_going(
         for name in ("0000.png", "0001.png"):
             (tmp_path / "in" / sub / name).write_bytes((data / "test" / sub / name).read_bytes())
     (tmp_path / "in" / "B" / "0001.png").write_bytes(b"")
-    proc = run(
+    proc = run_tool(
         "cdkd.predict",
         "model=fc_siam_diff",
         f"weights={run_dir / 'best.ckpt'}",
         f"input={tmp_path / 'in'}",
         f"output={tmp_path / 'out'}",
         cwd=tmp_path,
-        ok=False,
+        code=None,
     )
     assert proc.returncode != 0
     assert "0001.png" in proc.stderr and "Traceback" not in proc.stderr
@@ -103,7 +94,7 @@ def test_eval_with_checkpoint_of_another_model_fails_in_one_line(
     trained: dict[str, Path],
 ) -> None:
     root, run_dir = trained["root"], trained["run_dir"]
-    proc = run(
+    proc = run_tool(
         "cdkd.eval",
         "experiment=smoke",
         "model=tinycd",
@@ -111,7 +102,7 @@ def test_eval_with_checkpoint_of_another_model_fails_in_one_line(
         f"paths.data_dir={root / 'data'}",
         f"paths.runs_dir={root / 'runs'}",
         cwd=root,
-        ok=False,
+        code=None,
     )
     assert proc.returncode == 1
     assert "is for model 'fc_siam_diff', not 'tinycd'" in proc.stderr
@@ -121,7 +112,7 @@ def test_eval_with_checkpoint_of_another_model_fails_in_one_line(
 def test_smoke_pipeline_writes_the_table_iii_block(trained: dict[str, Path]) -> None:
     root = trained["root"]
     common = [f"paths.data_dir={root / 'data'}", f"paths.runs_dir={root / 'runs'}"]
-    proc = run(
+    proc = run_tool(
         "cdkd.pipeline", "experiment=smoke", "model=fc_siam_diff", "logger=none", *common, cwd=root
     )
     assert "skip (done)" in proc.stdout  # the baseline trained by the fixture is reused
@@ -142,14 +133,14 @@ def test_smoke_pipeline_writes_the_table_iii_block(trained: dict[str, Path]) -> 
     assert results["rows"]["-"]["mIoU"] == original["per_image"]["mIoU"]
     # The paper's figures and tables come from what the pipeline wrote.
     items = "what=[car,ranges,classes,models]"
-    run("cdkd.analyze", "experiment=smoke", "model=fc_siam_diff", items, *common, cwd=root)
+    run_tool("cdkd.analyze", "experiment=smoke", "model=fc_siam_diff", items, *common, cwd=root)
     analysis = model_dir / "analysis"
     for name in ("car_distribution.png", "car_ranges-test.png", "car_ranges-test.md"):
         assert (analysis / name).stat().st_size > 0, name
     assert "MTKD" in (analysis / "classes-test.md").read_text()
     assert "fc_siam_diff" in (root / "runs" / "synthetic" / "results.md").read_text()
     # A second run finds everything done and only rewrites the summary.
-    again = run(
+    again = run_tool(
         "cdkd.pipeline", "experiment=smoke", "model=fc_siam_diff", "logger=none", *common, cwd=root
     )
     assert "run:" not in again.stdout

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from factories import save_checkpoint, save_teachers
+from factories import run_tool, save_checkpoint, save_teachers
 
 MAX_STEPS = 6
 STEPS_PER_EPOCH = 3
@@ -59,13 +59,6 @@ def train_here(data_dir: Path, run_dir: Path, *extra: str) -> None:
         train(compose("train", overrides=overrides(data_dir, run_dir, *extra)))
 
 
-def run(cmd: list[str], cwd: Path, code: int = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
-    if proc.returncode != code:
-        pytest.fail(f"exit {proc.returncode}, expected {code}:\n{proc.stderr[-3000:]}")
-    return proc
-
-
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -88,7 +81,7 @@ def kill_and_resume(tmp_path: Path, *extra: str, ddp: bool = False) -> tuple[dic
     data = tmp_path / "data"
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     if ddp:
-        run(command(data, reference, *extra), tmp_path)
+        run_tool("cdkd.train", *overrides(data, reference, *extra), cwd=tmp_path)
     else:
         train_here(data, reference, *extra)
 
@@ -106,7 +99,7 @@ def kill_and_resume(tmp_path: Path, *extra: str, ddp: bool = False) -> tuple[dic
     assert 0 < killed_at < MAX_STEPS, "the run finished before it could be killed"
     assert killed_at % STEPS_PER_EPOCH != 0, "the kill should fall in the middle of an epoch"
 
-    run(command(data, resumed, *extra), tmp_path)  # the same command again: resume=auto
+    run_tool("cdkd.train", *overrides(data, resumed, *extra), cwd=tmp_path)  # resume=auto
     expected, got = load(reference / "last.ckpt"), load(resumed / "last.ckpt")
     assert got["global_step"] == expected["global_step"] == MAX_STEPS
     assert got["state_dict"].keys() == expected["state_dict"].keys()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from cdkd.cli.score import score_folders
 from cdkd.data.io import write_mask
 from cdkd.errors import DataError
 from cdkd.metrics import ChangeMetrics
+from factories import run_tool
 
 
 def make_pair(root: Path, n: int = 4, size: int = 32) -> tuple[Path, Path, list[tuple]]:
@@ -40,21 +39,10 @@ def direct(arrays: list[tuple], policy: str = "one") -> dict:
     return metric.compute()
 
 
-def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cdkd.score", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_cli_writes_json_matching_the_metric(tmp_path: Path) -> None:
     pred_dir, gt_dir, arrays = make_pair(tmp_path)
     out = tmp_path / "res" / "score.json"
-    proc = run_cli(tmp_path, f"pred={pred_dir}", f"gt={gt_dir}", f"out={out}")
-    assert proc.returncode == 0, proc.stderr
+    proc = run_tool("cdkd.score", f"pred={pred_dir}", f"gt={gt_dir}", f"out={out}", cwd=tmp_path)
     assert "per-image averaged" in proc.stdout
     data = json.loads(out.read_text())
     reference = direct(arrays)
@@ -69,8 +57,9 @@ def test_cli_missing_prediction_is_one_line(tmp_path: Path) -> None:
     pred_dir, gt_dir, _ = make_pair(tmp_path)
     (pred_dir / "2.png").unlink()
     out = tmp_path / "score.json"
-    proc = run_cli(tmp_path, f"pred={pred_dir}", f"gt={gt_dir}", f"out={out}")
-    assert proc.returncode != 0
+    proc = run_tool(
+        "cdkd.score", f"pred={pred_dir}", f"gt={gt_dir}", f"out={out}", cwd=tmp_path, code=1
+    )
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "2.png" in lines[0]

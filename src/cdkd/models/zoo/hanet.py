@@ -21,6 +21,7 @@ from torch import nn
 
 from cdkd.errors import ConfigError
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ResidualBlock
 from cdkd.models.registry import ModelInfo, register_model
 
 #: Number of encoder scales.
@@ -30,22 +31,6 @@ DILATIONS = (1, 2, 3, 4)
 #: Width of the channel self-attention branch.
 CAM_CHANNELS = 32
 HEAD_DROPOUT = 0.1
-
-
-class FeatureCell(nn.Module):
-    """Conv3x3-BN-ReLU-conv1x1-BN, plus the first conv's output, then ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.conv1(x)
-        x = self.bn2(self.conv2(F.relu(self.bn1(shortcut))))
-        return F.relu(x + shortcut)
 
 
 class ChannelSelfAttention(nn.Module):
@@ -174,7 +159,7 @@ class HANet(ChangeModel):
         widths = [base_channels * 2**scale for scale in range(SCALES)]
         self.stem = nn.Conv2d(3, widths[0], 5, padding=2)
         self.encoder = nn.ModuleList(
-            FeatureCell(c_in, c_out)
+            ResidualBlock(c_in, c_out, kernel2=1, bias2=False)
             for c_in, c_out in zip([widths[0], *widths[:-1]], widths, strict=True)
         )
         self.fusion = nn.ModuleList(TemporalFusion(width) for width in widths)

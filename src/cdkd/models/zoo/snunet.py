@@ -21,6 +21,7 @@ from torch import nn
 
 from cdkd.errors import ConfigError
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ResidualBlock
 from cdkd.models.registry import ModelInfo, register_model
 
 #: Number of encoder levels (four pooling steps).
@@ -31,22 +32,6 @@ ENSEMBLE = LEVELS - 1
 INTRA_REDUCTION = 4
 INTER_REDUCTION = 16
 HEAD_DROPOUT = 0.1
-
-
-class ResidualBlock(nn.Module):
-    """Conv3x3-BN-ReLU-conv3x3-BN, plus the first conv's output, then ReLU (convs keep biases)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.conv1(x)
-        x = self.bn2(self.conv2(F.relu(self.bn1(shortcut))))
-        return F.relu(x + shortcut)
 
 
 class ChannelAttention(nn.Module):
