@@ -192,3 +192,24 @@ def test_bad_parameters_are_config_errors(
     with pytest.raises(ConfigError, match="synthetic data"):
         generate_dataset(tmp_path / "syn", counts, size=size, seed=seed, progress=False)
     assert not (tmp_path / "syn").exists()
+
+
+def test_natural_naming_numbers_pairs_like_jl1cd(tmp_path: Path) -> None:
+    root = generate_dataset(
+        tmp_path / "jl", {"train": 3, "test": 2}, size=32, progress=False, naming="natural"
+    )
+    for split, names in (("train", ["1.png", "2.png", "3.png"]), ("test", ["1.png", "2.png"])):
+        for folder in ("A", "B", "label"):
+            assert sorted(p.name for p in (root / split / folder).iterdir()) == names
+    padded = generate_dataset(tmp_path / "pad", {"train": 3, "test": 2}, size=32, progress=False)
+    # Same pixels, other names: the naming does not change what is drawn.
+    assert (root / "train/B/2.png").read_bytes() == (padded / "train/B/0001.png").read_bytes()
+    assert json.loads((root / "synthetic.json").read_text())["naming"] == "natural"
+    # A request for the other naming is not mistaken for the finished dataset.
+    generate_dataset(root, {"train": 3, "test": 2}, size=32, progress=False)
+    assert (root / "train/A/0000.png").is_file() and not (root / "train/A/1.png").exists()
+
+
+def test_unknown_naming_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="naming"):
+        generate_dataset(tmp_path / "x", {"train": 1}, size=32, progress=False, naming="odd")

@@ -64,7 +64,8 @@ class ChangeDataModule(LightningDataModule):
         partition: CAR partition scheme ``{name, thresholds, buckets}``.
         bucket: Restrict train and val to this bucket of ``partition`` (test never is).
         cache_dir: Where CAR indexes are cached (default ``ROOT/.cdkd_cache``).
-        synthetic: ``{counts, size, seed}``: generate a synthetic dataset at ``root`` first.
+        synthetic: ``{counts, size, seed[, naming]}``: generate a synthetic dataset at ``root``
+            first.
         pin_memory: Pin batches in page-locked memory (default: when CUDA is available).
         persistent_workers: Keep workers between epochs (default: when ``num_workers > 0``).
         seed: Seed of the training order and augmentation (with the epoch and the item's
@@ -137,6 +138,7 @@ class ChangeDataModule(LightningDataModule):
             counts={str(k): v for k, v in dict(self.synthetic["counts"]).items()},
             size=self.synthetic.get("size", 64),
             seed=self.synthetic.get("seed", 0),
+            naming=self.synthetic.get("naming", "padded"),
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -883,14 +883,25 @@ def _split_key(split: str) -> int:
     return zlib.crc32(split.encode("utf-8"))
 
 
-def _file_names(count: int) -> list[str]:
-    """Zero-padded file names ``0000.png``, ``0001.png``, ... of one split."""
+#: File naming schemes: ``padded`` (``0000.png``, ``0001.png``, ...) or ``natural``
+#: (``1.png`` ... ``N.png``, as JL1-CD names its pairs).
+NAMINGS = ("padded", "natural")
+
+
+def _file_names(count: int, naming: str = "padded") -> list[str]:
+    """The file names of one split's ``count`` pairs under ``naming`` (see :data:`NAMINGS`)."""
+    if naming == "natural":
+        return [f"{i}.png" for i in range(1, count + 1)]
     width = max(4, len(str(max(count - 1, 0))))
     return [f"{i:0{width}d}.png" for i in range(count)]
 
 
-def _parameters(counts: Mapping[str, int], size: int, seed: int) -> dict[str, Any]:
+def _parameters(
+    counts: Mapping[str, int], size: int, seed: int, naming: str = "padded"
+) -> dict[str, Any]:
     """Validated generation parameters, as recorded in the manifest."""
+    if naming not in NAMINGS:
+        raise ConfigError(f"synthetic data: naming must be one of {NAMINGS}, got {naming!r}")
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < MIN_SIZE:
         raise ConfigError(f"synthetic data: size must be an integer >= {MIN_SIZE}, got {size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
@@ -911,13 +922,16 @@ def _parameters(counts: Mapping[str, int], size: int, seed: int) -> dict[str, An
                 f"synthetic data: count of split '{split}' must be >= 0, got {count!r}"
             )
         clean[split] = int(count)
-    return {
+    params = {
         "generator": "cdkd.synthetic",
         "version": GENERATOR_VERSION,
         "size": int(size),
         "seed": int(seed),
         "counts": clean,
     }
+    if naming != "padded":  # manifests of padded datasets stay as they were written before
+        params["naming"] = naming
+    return params
 
 
 def _read_manifest(root: Path) -> dict[str, Any] | None:
@@ -934,7 +948,7 @@ def _is_complete(root: Path, params: dict[str, Any]) -> bool:
     if _read_manifest(root) != params:
         return False
     for split, count in params["counts"].items():
-        expected = set(_file_names(count))
+        expected = set(_file_names(count, params.get("naming", "padded")))
         for folder in FOLDERS:
             try:
                 present = set(os.listdir(root / split / folder))
@@ -992,6 +1006,7 @@ def generate_dataset(
     size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    naming: str = "padded",
 ) -> Path:
     """Write a synthetic change-detection dataset to ``root/{split}/{A,B,label}/NNNN.png``.
 
@@ -1008,12 +1023,14 @@ def generate_dataset(
         size: Side of the square images in pixels.
         seed: Base seed of every random draw.
         progress: Show a progress bar while generating.
+        naming: ``padded`` file names (``0000.png`` ...) or ``natural`` ones (``1.png`` ...
+            ``N.png`` in every split, JL1-CD's naming).
 
     Returns:
         ``root`` as a :class:`~pathlib.Path`.
     """
     root = Path(root)
-    params = _parameters(counts, size, seed)
+    params = _parameters(counts, size, seed, naming)
     if _is_complete(root, params):
         return root
     _check_replaceable(root)
@@ -1037,7 +1054,7 @@ def generate_dataset(
                 _write_split(
                     staging / split,
                     split,
-                    count,
+                    _file_names(count, naming),
                     params["size"],
                     params["seed"],
                     lambda: bar.advance(task),
@@ -1052,16 +1069,16 @@ def generate_dataset(
 
 
 def _write_split(
-    folder: Path, split: str, count: int, size: int, seed: int, tick: Callable[[], None]
+    folder: Path, split: str, names: list[str], size: int, seed: int, tick: Callable[[], None]
 ) -> None:
-    """Generate and write every pair of one split."""
+    """Generate and write every pair of one split, the i-th pair under ``names[i]``."""
     for name in FOLDERS:
         (folder / name).mkdir(parents=True)
     key = _split_key(split)
     targets = target_cars(
-        count, np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key, 0)))
+        len(names), np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key, 0)))
     )
-    for index, (file_name, target) in enumerate(zip(_file_names(count), targets, strict=True)):
+    for index, (file_name, target) in enumerate(zip(names, targets, strict=True)):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(key, 1, index)))
         pair = make_pair(rng, size, float(target))
         _write_png(folder / "A" / file_name, pair.image1)
