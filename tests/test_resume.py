@@ -170,12 +170,13 @@ def test_killed_student_resumes_to_the_same_weights(tmp_path: Path) -> None:
 
 
 def test_killed_ddp_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    # Two processes on CPU, 12 pairs each: still three steps an epoch.
+    # Two processes on CPU, 12 pairs each in batches of 4 (global 8): still three steps an epoch.
     kill_and_resume(
         tmp_path,
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "data.synthetic.counts={train: 24, val: 4, test: 4}",
+        "data.batch_size=8",
         ddp=True,
     )

@@ -53,8 +53,10 @@ class ChangeDataModule(LightningDataModule):
         splits: Folder name of each logical split (``train``, ``val``, ``test``).
         val_from_train: When the val folder is missing, hold out this many pairs from the start
             of the training folder (natural order) as validation; 0 makes a missing val an error.
-        batch_size: Training batch size.
-        eval_batch_size: Batch size of evaluation loaders (default: ``batch_size``).
+        batch_size: Training batch size, global: under DDP each of the trainer's processes
+            takes ``batch_size / world_size`` (see :func:`process_batch_size`).
+        eval_batch_size: Batch size of evaluation loaders (default: ``batch_size``), global
+            too: each process takes its share, rounded up.
         num_workers: DataLoader worker processes, or ``"auto"`` for
             :func:`auto_num_workers` (one fewer than this process's share of the CPUs, at most 8).
         mean: Per-channel normalisation mean, RGB, 0-255 units.
@@ -159,21 +161,31 @@ class ChangeDataModule(LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         """Shuffled, augmented training batches of equal-size images, sharded across ranks.
 
-        Checkpoints record the loader's position, so a run resumed from the middle of an
-        epoch continues with the batches an uninterrupted run would have trained on.
+        Each of the trainer's processes takes its share of ``batch_size``. Checkpoints record
+        the loader's position, so a run resumed from the middle of an epoch continues with the
+        batches an uninterrupted run would have trained on.
         """
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return self._train_loader(world, rank)
+
+    def train_batches(self, world_size: int = 1) -> int:
+        """Training batches of one epoch on each of ``world_size`` processes."""
+        return len(self._train_loader(world_size, 0))
+
+    def _train_loader(self, world_size: int, rank: int) -> ResumableLoader:
+        """The training loader of process ``rank`` of ``world_size``."""
         split = self._split("train")
         dataset = ChangeDetectionDataset(
             split.samples, self.mean, self.std, self.train_augment, seed=self.seed
         )
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        sampler = EpochShuffleSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+        batch_size = process_batch_size(self.batch_size, world_size)
+        sampler = EpochShuffleSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
         return ResumableLoader(
             dataset,
             sampler=sampler,
-            batch_size=self.batch_size,
-            drop_last=len(sampler) > self.batch_size,
+            batch_size=batch_size,
+            drop_last=len(sampler) > batch_size,
             collate_fn=default_collate,
             **self._loader_options(),
         )
@@ -190,9 +202,11 @@ class ChangeDataModule(LightningDataModule):
         """Evaluation loader of any split: dataset order, no augmentation, padded batches.
 
         Batches carry ``size`` (int64 ``[B, 2]``), the original height and width of each item.
-        With ``shard`` inside an initialised multi-process group, each rank gets every
-        ``world_size``-th image and no image is repeated to even the shares out (Lightning's
-        default sampler would repeat some, counting them twice in the gathered metrics).
+        Each of the trainer's processes takes its share of ``eval_batch_size`` (rounded up),
+        whether it evaluates a shard or, as after training, the whole split. With ``shard``
+        inside an initialised multi-process group, each rank gets every ``world_size``-th image
+        and no image is repeated to even the shares out (Lightning's default sampler would
+        repeat some, counting them twice in the gathered metrics).
         """
         data = self._split(split)
         dataset = ChangeDetectionDataset(data.samples, self.mean, self.std, augment=None)
@@ -200,9 +214,10 @@ class ChangeDataModule(LightningDataModule):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if shard and distributed and torch.distributed.get_world_size() > 1:
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        world = self.trainer.world_size if self.trainer else 1
         return DataLoader(
             dataset,
-            batch_size=self.eval_batch_size,
+            batch_size=-(-self.eval_batch_size // world),
             shuffle=False,
             sampler=sampler,
             collate_fn=pad_collate,
@@ -290,6 +305,20 @@ class ChangeDataModule(LightningDataModule):
             )
             self._folders[folder] = (samples, index)
         return self._folders[folder]
+
+
+def process_batch_size(batch_size: int, world_size: int) -> int:
+    """Each process's share of the global ``batch_size`` when ``world_size`` processes train.
+
+    ``data.batch_size`` is the batch of one optimizer step whatever the number of devices (the
+    paper's 8), so the step counts of the recipes keep their meaning; it must divide evenly.
+    """
+    if batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size = {batch_size} is the global batch and does not divide among "
+            f"{world_size} processes; use a multiple of {world_size}"
+        )
+    return batch_size // world_size
 
 
 def available_cpus() -> int:

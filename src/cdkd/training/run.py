@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import math
 import shutil
 import subprocess
 import sys
@@ -18,13 +17,15 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import Accelerator, AcceleratorRegistry
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from cdkd.data.datamodule import process_batch_size
 from cdkd.data.transforms import AUGMENTATIONS
-from cdkd.errors import CdkdError, ConfigError, DataError
+from cdkd.errors import CdkdError, ConfigError, DataError, brief
 from cdkd.files import write_json_atomic, write_text_atomic
 from cdkd.inference.evaluate import evaluate
 from cdkd.partition import PartitionScheme
@@ -145,13 +146,52 @@ class Schedule:
     val_every: int
 
 
-def resolve_schedule(cfg: DictConfig, datamodule: Any) -> Schedule:
-    """The run's schedule in steps.
+def resolve_world_size(cfg: DictConfig) -> int:
+    """Processes the configured trainer runs: its devices, as Lightning resolves them, x nodes.
 
-    From ``cfg.schedule`` (the student takes ``distill_max_steps``), unless the model counts
-    its recipe in epochs (``model.epochs``, e.g. TTP) and the schedule accepts that
-    (``schedule.model_epochs``, true for the paper's schedule): then epochs are converted
-    with the number of training batches per process.
+    ``trainer.devices`` may be a count, ``-1`` or ``"auto"`` (every device of the accelerator),
+    a list of indices or a string of them (``"0,1"``); ``accelerator: auto`` and ``gpu`` pick
+    what Lightning picks. Lightning's own device parsing does the counting.
+    """
+    flag = cfg.trainer.get("accelerator", "auto")
+    flag = instantiate(flag) if OmegaConf.is_dict(flag) else flag
+    devices = _plain(cfg.trainer.get("devices", "auto"))
+    accelerator = type(flag) if isinstance(flag, Accelerator) else _accelerator_class(str(flag))
+    try:
+        if devices == "auto":
+            count = accelerator.auto_device_count()
+        else:
+            count = len(accelerator.get_parallel_devices(accelerator.parse_devices(devices)))
+    except (MisconfigurationException, TypeError, ValueError) as exc:
+        raise ConfigError(f"trainer.devices = {devices!r}: {brief(exc)}") from exc
+    nodes = number(cfg, "trainer.num_nodes", int)
+    if count < 1 or nodes < 1:
+        raise ConfigError(f"trainer.devices = {devices!r}, trainer.num_nodes = {nodes}: no process")
+    return count * nodes
+
+
+def _accelerator_class(flag: str) -> type[Accelerator]:
+    """Lightning's accelerator for ``trainer.accelerator``, choosing for ``auto`` and ``gpu``."""
+    choices = {"auto": ("tpu", "mps", "cuda", "cpu"), "gpu": ("mps", "cuda")}.get(flag, (flag,))
+    if flag not in ("auto", "gpu") and flag not in AcceleratorRegistry:
+        raise ConfigError(
+            f"trainer.accelerator = {flag!r}: use auto, gpu or one of {list(AcceleratorRegistry)}"
+        )
+    for name in choices:
+        accelerator = AcceleratorRegistry[name]["accelerator"]
+        if accelerator.is_available():
+            return accelerator
+    raise ConfigError(f"trainer.accelerator = {flag!r}: no such device is available here")
+
+
+def resolve_schedule(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> Schedule:
+    """The run's schedule in optimizer steps.
+
+    From ``cfg.schedule`` (the student takes ``distill_max_steps``), whatever the number of
+    processes: ``data.batch_size`` is the global batch. When the model counts its recipe in
+    epochs (``model.epochs``, e.g. TTP) and the schedule accepts that (``schedule.model_epochs``,
+    true for the paper's schedule), epochs are converted with the training batches each of the
+    ``world_size`` processes draws in an epoch.
     """
     distill = cfg.stage.kind == "distill"
     epochs = cfg.model.get("epochs")
@@ -159,10 +199,7 @@ def resolve_schedule(cfg: DictConfig, datamodule: Any) -> Schedule:
         steps = int(cfg.schedule["distill_max_steps" if distill else "max_steps"])
         return Schedule(steps, int(cfg.schedule.warmup_steps), int(cfg.schedule.val_every))
     datamodule.setup("fit")
-    devices = cfg.trainer.devices
-    count = len(devices) if OmegaConf.is_list(devices) else devices
-    world = (count if isinstance(count, int) else 1) * int(cfg.trainer.num_nodes)
-    per_epoch = max(1, math.ceil(len(datamodule.train_dataloader()) / world))
+    per_epoch = max(1, datamodule.train_batches(world_size))
     steps = int(epochs["distill" if distill else "max"]) * per_epoch
     return Schedule(steps, int(epochs.warmup) * per_epoch, int(epochs.val_every) * per_epoch)
 
@@ -395,12 +432,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("seed %d", cfg.seed)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    world = resolve_world_size(cfg)
+    process_batch_size(int(cfg.data.batch_size), world)  # refuses an uneven split up front
     ckpt_path = resume_checkpoint(cfg, run_dir)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = instantiate(cfg.data)
     check_splits(cfg, datamodule)
-    schedule = resolve_schedule(cfg, datamodule)
+    schedule = resolve_schedule(cfg, datamodule, world)
     finished = finished_run(run_dir, ckpt_path, schedule)
     if finished is not None:
         log.info("%s: already finished (delete metrics.json or resume=false to redo)", run_dir)
@@ -428,6 +467,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )
+    if trainer.world_size != world:  # e.g. a launcher's environment with other process counts
+        raise ConfigError(
+            f"trainer: Lightning runs {trainer.world_size} processes but trainer.devices x "
+            f"trainer.num_nodes give {world}; make them agree"
+        )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException as exc:
