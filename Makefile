@@ -20,11 +20,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Test files run in parallel on every CPU (one file's tests stay in one worker, so module
+# fixtures are built once); PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
 test: install ## run the default test suite (CPU, no network)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-all: install ## run every test, the slow ones included
-	$(BIN)/python -m pytest -q -m ''
+	$(PYTEST) -m ''
 
 lint: install ## ruff check and format check
 	$(BIN)/ruff check src tests scripts
