@@ -48,6 +48,8 @@ def config(*overrides: str) -> DictConfig:
         (["partition.thresholds=[0.05,1.5]"], "[0, 1]"),
         (["partition.thresholds=[-0.1,0.2]"], "[0, 1]"),
         (["data.batch_size=0"], "data.batch_size"),
+        (["data.label_threshold=0"], "data.label_threshold must be an integer in 1..255"),
+        (["data.label_threshold=half"], "data.label_threshold must be an integer in 1..255"),
         (["model.optimizer.lr=0"], "model.optimizer.lr"),
         (["model.optimizer.lr=-1e-3"], "model.optimizer.lr"),
         (["schedule.max_steps=0"], "schedule.max_steps"),

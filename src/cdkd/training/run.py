@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from cdkd.data.io import check_label_threshold
 from cdkd.data.transforms import AUGMENTATIONS
 from cdkd.errors import CdkdError, ConfigError, DataError
 from cdkd.files import write_json_atomic, write_text_atomic
@@ -95,6 +96,7 @@ def check_config(cfg: DictConfig) -> None:
         kind = spec if isinstance(spec, str) or spec is None else spec.get("kind", "ce")
         if kind is not None and kind not in LOSSES:
             raise ConfigError(f"model.{key}: unknown loss '{kind}'; use one of {sorted(LOSSES)}")
+    check_label_threshold(OmegaConf.select(cfg, "data.label_threshold"))
     if cfg.data.augment not in AUGMENTATIONS:
         raise ConfigError(
             f"data.augment: unknown augmentation '{cfg.data.augment}'; use one of "
