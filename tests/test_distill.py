@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cdkd.data.dataset import pad_collate
 from cdkd.errors import CheckpointError
+from cdkd.inference.evaluate import run_evaluation
 from cdkd.inference.origin_partition import OriginPartition, routing_confusion
 from cdkd.models import ChangeModel
 from cdkd.partition import PartitionScheme
@@ -269,6 +271,28 @@ def test_origin_partition_routes_by_origin_predicted_car() -> None:
     assert confusion["gt_small"] == {"pred_small": 1, "pred_medium": 0, "pred_large": 0}
     assert confusion["gt_medium"] == {"pred_small": 0, "pred_medium": 1, "pred_large": 0}
     assert confusion["gt_large"] == {"pred_small": 1, "pred_medium": 0, "pred_large": 1}
+
+
+def test_origin_partition_counts_only_each_images_own_pixels_in_a_padded_batch() -> None:
+    scheme = PartitionScheme.create("three")
+    small = -torch.ones(3, 10, 10)
+    small[0].view(-1)[:8] = 1.0  # M_O predicts CAR 0.08 (medium) on the 10x10 image itself
+    large = -torch.ones(3, 20, 20)
+    large[0].view(-1)[:120] = 1.0  # CAR 0.3 (large)
+    items = [
+        {"image1": img, "image2": torch.zeros_like(img), "mask": torch.zeros(img.shape[1:]).long()}
+        | {"name": name}
+        for name, img in (("large.png", large), ("small.png", small))
+    ]
+    batch = pad_collate(items)
+    assert batch["image1"].shape == (2, 3, 20, 20)
+    # Over the padded 20x20 slot the small image's CAR would be 8/400 = 0.02: the small bucket.
+    op = OriginPartition(_Marker(), [_Marker(float(k)) for k in range(3)], scheme)
+    assert op.route(batch["image1"], batch["image2"])[0].tolist() == pytest.approx([0.3, 0.02])
+    evaluation = run_evaluation(op, [batch])
+    assert torch.cat(op.predicted_cars).tolist() == pytest.approx([0.3, 0.08])
+    assert [t.calls for t in op.teachers] == [[], [1], [1]]
+    assert evaluation.names == ["large.png", "small.png"]
 
 
 def test_student_trains_under_two_process_ddp(checkpoints: dict[str, Any]) -> None:

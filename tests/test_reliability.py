@@ -55,6 +55,7 @@ def config(*overrides: str) -> DictConfig:
         (["schedule.max_steps=0"], "schedule.max_steps"),
         (["schedule.val_every=-5"], "schedule.val_every"),
         (["model.loss=focal"], "unknown loss 'focal'"),
+        (["model=changestar_farseg", "model.loss.dice=jaccard"], "unknown Dice term 'jaccard'"),
         (["model.augment=mixup"], "unknown augmentation 'mixup'"),
         (["empty_policy=nan"], "empty_policy"),
         (["nan_policy=ignore"], "nan_policy"),
