@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +295,112 @@ def test_origin_partition_counts_only_each_images_own_pixels_in_a_padded_batch()
     assert torch.cat(op.predicted_cars).tolist() == pytest.approx([0.3, 0.08])
     assert [t.calls for t in op.teachers] == [[], [1], [1]]
     assert evaluation.names == ["large.png", "small.png"]
+
+
+#: Tensor methods that read a value back to the host (a device-to-host wait on a GPU).
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+@contextlib.contextmanager
+def host_reads_fail() -> Iterator[None]:
+    """Make every host read of a tensor an error while the block runs."""
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a training step read a tensor back to the host")
+
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, fail)
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def _fit_student(
+    ckpts: dict[str, Any],
+    guard: Callable[[], contextlib.AbstractContextManager],
+    device: str,
+    whole_batch: bool,
+) -> int:
+    """Fit the student for three steps (the second with a NaN loss, skipped) with ``guard``
+    around each training step and the gradient guard before its optimizer step, or, with
+    ``whole_batch``, around everything from the batch's arrival on the device to its end."""
+    import lightning as L
+
+    guarded: list[int] = []
+
+    class Guarded(DistillationModule):
+        def task_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, logits = super().task_loss(batch)
+            return (loss * float("nan") if self.global_step == 1 else loss), logits
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if whole_batch:
+                return super().training_step(batch, batch_idx)
+            with guard():
+                return super().training_step(batch, batch_idx)
+
+        def on_before_optimizer_step(self, optimizer: Any) -> None:
+            if whole_batch:
+                return super().on_before_optimizer_step(optimizer)
+            with guard():
+                return super().on_before_optimizer_step(optimizer)
+
+        def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+            self._guard = guard() if whole_batch else contextlib.nullcontext()
+            self._guard.__enter__()
+
+        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+            self._guard.__exit__(None, None, None)
+            guarded.append(batch_idx)
+            super().on_train_batch_end(outputs, batch, batch_idx)
+
+    torch.manual_seed(0)
+    module = Guarded(
+        init=str(ckpts["origin"]),
+        teachers={b: str(p) for b, p in ckpts["teachers"].items()},
+        distill_lambda=1e-3,
+        partition=THREE,
+        model="fc_siam_diff",
+        loss="ce",
+        nan_policy="skip",
+        max_steps=3,
+        warmup_steps=1,
+    )
+    data = batch_for(CHANGED)
+    items = [{k: v[i] for k, v in data.items()} for i in range(len(CHANGED))]
+    trainer = L.Trainer(
+        accelerator=device,
+        devices=1,
+        max_steps=3,
+        limit_val_batches=0,
+        log_every_n_steps=50,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(items, batch_size=2))
+    assert all(bool(torch.isfinite(p).all()) for p in module.parameters())
+    return len(guarded)
+
+
+def test_student_steps_read_nothing_back_to_the_host(checkpoints: dict[str, Any]) -> None:
+    assert _fit_student(checkpoints, host_reads_fail, "cpu", whole_batch=False) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_student_steps_never_synchronise_the_gpu(checkpoints: dict[str, Any]) -> None:
+    @contextlib.contextmanager
+    def sync_is_an_error() -> Iterator[None]:
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    assert _fit_student(checkpoints, sync_is_an_error, "gpu", whole_batch=True) == 3
 
 
 def test_student_trains_under_two_process_ddp(checkpoints: dict[str, Any]) -> None:
