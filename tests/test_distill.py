@@ -322,11 +322,12 @@ def _fit_student(
     ckpts: dict[str, Any],
     guard: Callable[[], contextlib.AbstractContextManager],
     device: str,
-    whole_batch: bool,
-) -> int:
-    """Fit the student for three steps (the second with a NaN loss, skipped) with ``guard``
-    around each training step and the gradient guard before its optimizer step, or, with
-    ``whole_batch``, around everything from the batch's arrival on the device to its end."""
+    whole_step: bool,
+) -> list[int]:
+    """Fit the student for four steps (the third with a NaN loss, skipped); from the second
+    step on, ``guard`` is around each training step and the gradient guard before its
+    optimizer step or, with ``whole_step``, around the whole optimizer step (forward,
+    backward, update). The first step creates the optimizer state and the logged metrics."""
     import lightning as L
 
     guarded: list[int] = []
@@ -334,28 +335,24 @@ def _fit_student(
     class Guarded(DistillationModule):
         def task_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
             loss, logits = super().task_loss(batch)
-            return (loss * float("nan") if self.global_step == 1 else loss), logits
+            return (loss * float("nan") if self.global_step == 2 else loss), logits
+
+        def _guard(self, scope_is_whole_step: bool) -> contextlib.AbstractContextManager:
+            active = self.global_step > 0 and scope_is_whole_step == whole_step
+            return guard() if active else contextlib.nullcontext()
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            if whole_batch:
-                return super().training_step(batch, batch_idx)
-            with guard():
+            guarded.append(self.global_step)
+            with self._guard(False):
                 return super().training_step(batch, batch_idx)
 
         def on_before_optimizer_step(self, optimizer: Any) -> None:
-            if whole_batch:
-                return super().on_before_optimizer_step(optimizer)
-            with guard():
-                return super().on_before_optimizer_step(optimizer)
+            with self._guard(False):
+                super().on_before_optimizer_step(optimizer)
 
-        def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-            self._guard = guard() if whole_batch else contextlib.nullcontext()
-            self._guard.__enter__()
-
-        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-            self._guard.__exit__(None, None, None)
-            guarded.append(batch_idx)
-            super().on_train_batch_end(outputs, batch, batch_idx)
+        def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+            with self._guard(True):
+                super().optimizer_step(*args, **kwargs)
 
     torch.manual_seed(0)
     module = Guarded(
@@ -366,15 +363,15 @@ def _fit_student(
         model="fc_siam_diff",
         loss="ce",
         nan_policy="skip",
-        max_steps=3,
+        max_steps=4,
         warmup_steps=1,
     )
-    data = batch_for(CHANGED)
-    items = [{k: v[i] for k, v in data.items()} for i in range(len(CHANGED))]
+    data = batch_for(CHANGED + CHANGED[:2])
+    items = [{k: v[i] for k, v in data.items()} for i in range(len(CHANGED) + 2)]
     trainer = L.Trainer(
         accelerator=device,
         devices=1,
-        max_steps=3,
+        max_steps=4,
         limit_val_batches=0,
         log_every_n_steps=50,
         logger=False,
@@ -383,11 +380,11 @@ def _fit_student(
     )
     trainer.fit(module, torch.utils.data.DataLoader(items, batch_size=2))
     assert all(bool(torch.isfinite(p).all()) for p in module.parameters())
-    return len(guarded)
+    return guarded
 
 
 def test_student_steps_read_nothing_back_to_the_host(checkpoints: dict[str, Any]) -> None:
-    assert _fit_student(checkpoints, host_reads_fail, "cpu", whole_batch=False) == 3
+    assert _fit_student(checkpoints, host_reads_fail, "cpu", whole_step=False) == [0, 1, 2, 3]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -400,7 +397,7 @@ def test_student_steps_never_synchronise_the_gpu(checkpoints: dict[str, Any]) ->
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
-    assert _fit_student(checkpoints, sync_is_an_error, "gpu", whole_batch=True) == 3
+    assert _fit_student(checkpoints, sync_is_an_error, "gpu", whole_step=True) == [0, 1, 2, 3]
 
 
 def test_student_trains_under_two_process_ddp(checkpoints: dict[str, Any]) -> None:
