@@ -101,7 +101,7 @@ def test_index_is_cached_and_reused(boundary_root: Path, monkeypatch: pytest.Mon
     assert content["checksum"] == first.checksum
     assert len(content["rows"]) == len(CHANGED)
 
-    def no_decoding(sample: object) -> None:
+    def no_decoding(sample: object, label_threshold: object = None) -> None:
         raise AssertionError("the cached index should have been used")
 
     monkeypatch.setattr(car_index_module, "scan_sample", no_decoding)
@@ -136,9 +136,11 @@ def test_a_touched_file_is_rescanned(boundary_root: Path, monkeypatch: pytest.Mo
     scanned: list[str] = []
     original = car_index_module.scan_sample
 
-    def counting(sample: car_index_module.Sample) -> car_index_module.IndexRow:
+    def counting(
+        sample: car_index_module.Sample, label_threshold: int | None = None
+    ) -> tuple[car_index_module.IndexRow, bool]:
         scanned.append(sample.name)
-        return original(sample)
+        return original(sample, label_threshold)
 
     monkeypatch.setattr(car_index_module, "scan_sample", counting)
     build_car_index(discover_split(split), cache_file=cache, progress=False)

@@ -140,6 +140,35 @@ def test_configuration_errors_are_reported_early(tmp_path: Path) -> None:
     assert _module(tmp_path, num_workers=2).persistent_workers is True
 
 
+def test_label_threshold_reads_jpeg_like_labels_and_counts_them(
+    tmp_path: Path, pair_writer: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    for split in ("train", "val", "test"):
+        for i in range(3):
+            pair_writer(tmp_path / split, str(i), np.zeros((8, 8), dtype=np.uint8), seed=i)
+    noisy = np.zeros((8, 8), np.uint8)
+    noisy[:4] = 250  # 32 changed pixels, with JPEG-like values on both sides of 128
+    noisy[4, :2] = (140, 100)
+    noisy[5, 0] = 3
+    Image.fromarray(noisy).save(tmp_path / "train" / "label" / "1.png")
+    with pytest.raises(DataError, match=r"1\.png: label values .*data\.label_threshold"):
+        _module(tmp_path).setup("fit")
+    caplog.set_level("INFO", logger="cdkd.data.datamodule")
+    dm = _module(tmp_path, label_threshold=128)
+    dm.setup("fit")
+    assert dm.index("train").cars.tolist() == [0.0, 33 / 64, 0.0]
+    assert "train: 1 of 3 labels have values other than 0/255 and 0/1, binarised at >= 128" in (
+        caplog.text
+    )
+    assert "val: 0 of 3 labels" in caplog.text
+    item = dm.dataloader("train").dataset[1]
+    assert int(item["mask"].sum()) == 33
+    # Another threshold is another index: the cached one is not reused.
+    assert _module(tmp_path, label_threshold=2).index("train").cars.tolist()[1] == 35 / 64
+    with pytest.raises(ConfigError, match="label_threshold"):
+        _module(tmp_path, label_threshold=300)
+
+
 def test_training_batches_are_the_same_with_or_without_workers(
     tmp_path: Path, pair_writer: Callable[..., None]
 ) -> None:

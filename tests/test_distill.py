@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cdkd.data.dataset import pad_collate
 from cdkd.errors import CheckpointError
+from cdkd.inference.evaluate import run_evaluation
 from cdkd.inference.origin_partition import OriginPartition, routing_confusion
 from cdkd.models import ChangeModel
 from cdkd.partition import PartitionScheme
@@ -269,6 +273,131 @@ def test_origin_partition_routes_by_origin_predicted_car() -> None:
     assert confusion["gt_small"] == {"pred_small": 1, "pred_medium": 0, "pred_large": 0}
     assert confusion["gt_medium"] == {"pred_small": 0, "pred_medium": 1, "pred_large": 0}
     assert confusion["gt_large"] == {"pred_small": 1, "pred_medium": 0, "pred_large": 1}
+
+
+def test_origin_partition_counts_only_each_images_own_pixels_in_a_padded_batch() -> None:
+    scheme = PartitionScheme.create("three")
+    small = -torch.ones(3, 10, 10)
+    small[0].view(-1)[:8] = 1.0  # M_O predicts CAR 0.08 (medium) on the 10x10 image itself
+    large = -torch.ones(3, 20, 20)
+    large[0].view(-1)[:120] = 1.0  # CAR 0.3 (large)
+    items = [
+        {"image1": img, "image2": torch.zeros_like(img), "mask": torch.zeros(img.shape[1:]).long()}
+        | {"name": name}
+        for name, img in (("large.png", large), ("small.png", small))
+    ]
+    batch = pad_collate(items)
+    assert batch["image1"].shape == (2, 3, 20, 20)
+    # Over the padded 20x20 slot the small image's CAR would be 8/400 = 0.02: the small bucket.
+    op = OriginPartition(_Marker(), [_Marker(float(k)) for k in range(3)], scheme)
+    assert op.route(batch["image1"], batch["image2"])[0].tolist() == pytest.approx([0.3, 0.02])
+    evaluation = run_evaluation(op, [batch])
+    assert torch.cat(op.predicted_cars).tolist() == pytest.approx([0.3, 0.08])
+    assert [t.calls for t in op.teachers] == [[], [1], [1]]
+    assert evaluation.names == ["large.png", "small.png"]
+
+
+#: Tensor methods that read a value back to the host (a device-to-host wait on a GPU).
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+@contextlib.contextmanager
+def host_reads_fail() -> Iterator[None]:
+    """Make every host read of a tensor an error while the block runs."""
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a training step read a tensor back to the host")
+
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, fail)
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def _fit_student(
+    ckpts: dict[str, Any],
+    guard: Callable[[], contextlib.AbstractContextManager],
+    device: str,
+    whole_step: bool,
+) -> list[int]:
+    """Fit the student for four steps (the third with a NaN loss, skipped); from the second
+    step on, ``guard`` is around each training step and the gradient guard before its
+    optimizer step or, with ``whole_step``, around the whole optimizer step (forward,
+    backward, update). The first step creates the optimizer state and the logged metrics."""
+    import lightning as L
+
+    guarded: list[int] = []
+
+    class Guarded(DistillationModule):
+        def task_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, logits = super().task_loss(batch)
+            return (loss * float("nan") if self.global_step == 2 else loss), logits
+
+        def _guard(self, scope_is_whole_step: bool) -> contextlib.AbstractContextManager:
+            active = self.global_step > 0 and scope_is_whole_step == whole_step
+            return guard() if active else contextlib.nullcontext()
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            guarded.append(self.global_step)
+            with self._guard(False):
+                return super().training_step(batch, batch_idx)
+
+        def on_before_optimizer_step(self, optimizer: Any) -> None:
+            with self._guard(False):
+                super().on_before_optimizer_step(optimizer)
+
+        def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+            with self._guard(True):
+                super().optimizer_step(*args, **kwargs)
+
+    torch.manual_seed(0)
+    module = Guarded(
+        init=str(ckpts["origin"]),
+        teachers={b: str(p) for b, p in ckpts["teachers"].items()},
+        distill_lambda=1e-3,
+        partition=THREE,
+        model="fc_siam_diff",
+        loss="ce",
+        nan_policy="skip",
+        max_steps=4,
+        warmup_steps=1,
+    )
+    data = batch_for(CHANGED + CHANGED[:2])
+    items = [{k: v[i] for k, v in data.items()} for i in range(len(CHANGED) + 2)]
+    trainer = L.Trainer(
+        accelerator=device,
+        devices=1,
+        max_steps=4,
+        limit_val_batches=0,
+        log_every_n_steps=50,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(items, batch_size=2))
+    assert all(bool(torch.isfinite(p).all()) for p in module.parameters())
+    return guarded
+
+
+def test_student_steps_read_nothing_back_to_the_host(checkpoints: dict[str, Any]) -> None:
+    assert _fit_student(checkpoints, host_reads_fail, "cpu", whole_step=False) == [0, 1, 2, 3]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_student_steps_never_synchronise_the_gpu(checkpoints: dict[str, Any]) -> None:
+    @contextlib.contextmanager
+    def sync_is_an_error() -> Iterator[None]:
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    assert _fit_student(checkpoints, sync_is_an_error, "gpu", whole_step=True) == [0, 1, 2, 3]
 
 
 def test_student_trains_under_two_process_ddp(checkpoints: dict[str, Any]) -> None:

@@ -172,7 +172,9 @@ def _a_label_sizes_differ(split: Path) -> tuple[Path, str]:
 
 def _labels_0_1_2(split: Path) -> tuple[Path, str]:
     label_image([0, 1, 2]).save(split / "label" / "1.png")
-    return split / "label" / "1.png", "label values {0, 1, 2} are neither 0/255 nor 0/1"
+    return split / "label" / "1.png", (
+        "label values {0, 1, 2} are neither 0/255 nor 0/1; set data.label_threshold=T"
+    )
 
 
 def _rgb_colour_label(split: Path) -> tuple[Path, str]:
@@ -180,7 +182,10 @@ def _rgb_colour_label(split: Path) -> tuple[Path, str]:
     colour[:8] = (255, 0, 0)
     colour[8:16] = (0, 255, 0)
     Image.fromarray(colour).save(split / "label" / "0.png")
-    return split / "label" / "0.png", "label is a colour image"
+    return (
+        split / "label" / "0.png",
+        "label is a colour image; expected a single-channel 0/255 mask (set data.label_threshold",
+    )
 
 
 def _notes_txt(split: Path) -> tuple[Path, str]:

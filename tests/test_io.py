@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdkd.data.io import read_image, read_mask, write_mask
-from cdkd.errors import DataError
+from cdkd.data.io import check_label_threshold, decode_label, read_image, read_mask, write_mask
+from cdkd.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "L", "P", "LA"])
@@ -57,6 +57,40 @@ def test_other_label_values_and_colour_labels_are_errors(tmp_path: Path) -> None
     Image.fromarray(colour).save(tmp_path / "colour.png")
     with pytest.raises(DataError, match=r"colour\.png: label is a colour image"):
         read_mask(tmp_path / "colour.png")
+
+
+def test_strict_errors_name_the_threshold_option(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0, 3], [250, 255]], np.uint8)).save(tmp_path / "jpeg-like.png")
+    with pytest.raises(DataError, match=r"\{0, 3, 250, 255\}.*data\.label_threshold=T"):
+        read_mask(tmp_path / "jpeg-like.png")
+
+
+def test_threshold_binarises_intermediate_values_and_reports_them(tmp_path: Path) -> None:
+    path = tmp_path / "noisy.png"
+    Image.fromarray(np.array([[0, 3, 127], [128, 200, 255]], np.uint8)).save(path)
+    mask, intermediate = decode_label(path, threshold=128)
+    assert mask.tolist() == [[0, 0, 0], [1, 1, 1]] and intermediate
+    assert read_mask(path, threshold=4).tolist() == [[0, 0, 1], [1, 1, 1]]
+    Image.fromarray(np.array([[0, 255]], np.uint8)).save(tmp_path / "clean.png")
+    mask, intermediate = decode_label(tmp_path / "clean.png", threshold=128)
+    assert mask.tolist() == [[0, 1]] and not intermediate
+
+
+def test_threshold_reads_class_maps_and_colour_labels_by_value(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0, 1], [2, 0]], np.uint8)).save(tmp_path / "classes.png")
+    assert read_mask(tmp_path / "classes.png", threshold=2).tolist() == [[0, 0], [1, 0]]
+    # An RGB-saved JPEG mask: near-grey colours, read through their luma.
+    colour = np.array([[[0, 2, 0], [250, 255, 252]], [[120, 130, 125], [10, 0, 4]]], np.uint8)
+    Image.fromarray(colour).save(tmp_path / "rgb.png")
+    mask, intermediate = decode_label(tmp_path / "rgb.png", threshold=128)
+    assert mask.tolist() == [[0, 1], [0, 0]] and intermediate
+
+
+@pytest.mark.parametrize("bad", [0, 256, 12.5, True, "128"])
+def test_label_threshold_must_be_an_integer_in_range(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"data\.label_threshold must be an integer in 1\.\.255"):
+        check_label_threshold(bad)
+    assert check_label_threshold(None) is None and check_label_threshold(128) == 128
 
 
 def test_write_mask_writes_zero_255_and_leaves_no_temporary(tmp_path: Path) -> None:

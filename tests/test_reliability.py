@@ -48,11 +48,14 @@ def config(*overrides: str) -> DictConfig:
         (["partition.thresholds=[0.05,1.5]"], "[0, 1]"),
         (["partition.thresholds=[-0.1,0.2]"], "[0, 1]"),
         (["data.batch_size=0"], "data.batch_size"),
+        (["data.label_threshold=0"], "data.label_threshold must be an integer in 1..255"),
+        (["data.label_threshold=half"], "data.label_threshold must be an integer in 1..255"),
         (["model.optimizer.lr=0"], "model.optimizer.lr"),
         (["model.optimizer.lr=-1e-3"], "model.optimizer.lr"),
         (["schedule.max_steps=0"], "schedule.max_steps"),
         (["schedule.val_every=-5"], "schedule.val_every"),
         (["model.loss=focal"], "unknown loss 'focal'"),
+        (["model=changestar_farseg", "model.loss.dice=jaccard"], "unknown Dice term 'jaccard'"),
         (["model.augment=mixup"], "unknown augmentation 'mixup'"),
         (["empty_policy=nan"], "empty_policy"),
         (["nan_policy=ignore"], "nan_policy"),
@@ -123,14 +126,83 @@ def _batch(value: float) -> dict:
     }
 
 
-def test_non_finite_loss_stops_or_skips() -> None:
+def test_non_finite_loss_is_kept_on_the_device_and_checked_later() -> None:
     module = _module("stop")
     assert torch.isfinite(module.training_step(_batch(0.5), 0))
+    assert torch.isnan(module.training_step(_batch(float("nan")), 0))  # nothing read back yet
     with pytest.raises(NonFiniteLossError, match=r"training loss is nan on batch \[a b.png, ü"):
-        module.training_step(_batch(float("nan")), 0)
-    assert _module("skip").training_step(_batch(float("inf")), 0) is None
+        module.check_losses()
+    module.check_losses()  # reported once
+    module.training_step(_batch(float("inf")), 0)
+    with pytest.raises(NonFiniteLossError):
+        module.on_save_checkpoint({})  # a checkpoint is never written over an unchecked bad step
     with pytest.raises(ValueError, match="nan_policy"):
         _module("ignore")
+
+
+class _NanAtStep(ChangeDetectionModule):
+    """A non-finite loss at global step ``bad_step`` (the batch's file names are 'i.png')."""
+
+    bad_step = 2
+
+    def task_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, logits = super().task_loss(batch)
+        if self.global_step == self.bad_step:
+            loss = loss * float("nan")
+        return loss, logits
+
+
+def _fit_with_a_bad_step(
+    policy: str, module_class: type[_NanAtStep] = _NanAtStep, steps: int = 6
+) -> _NanAtStep:
+    import lightning as L
+
+    def item(i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        image = torch.randn(3, 32, 32, generator=g)
+        mask = (torch.rand(32, 32, generator=g) > 0.5).long()
+        return {"image1": image, "image2": image.flip(-1), "mask": mask, "name": f"{i}.png"}
+
+    torch.manual_seed(0)
+    module = module_class("fc_ef", nan_policy=policy, max_steps=steps, warmup_steps=1)
+    loader = torch.utils.data.DataLoader([item(i) for i in range(2 * steps)], batch_size=2)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        limit_val_batches=0,
+        log_every_n_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, loader)
+    assert trainer.global_step == steps
+    return module
+
+
+def test_stop_names_the_bad_step_and_its_files_at_the_next_check() -> None:
+    pattern = r"^step 2: training loss is nan on batch \[4\.png, 5\.png\]"
+    with pytest.raises(NonFiniteLossError, match=pattern):
+        _fit_with_a_bad_step("stop")
+
+
+def test_skip_gives_the_bad_step_no_gradient_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    zero_gradients: list[bool] = []
+
+    class Spy(_NanAtStep):
+        def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+            super().on_before_optimizer_step(optimizer)
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+            zero_gradients.append(all(bool((g == 0).all()) for g in grads))
+
+    with caplog.at_level("WARNING", logger="cdkd.training.module"):
+        module = _fit_with_a_bad_step("skip", Spy)
+    assert zero_gradients == [False, False, True, False, False, False]
+    assert all(bool(torch.isfinite(p).all()) for p in module.parameters())
+    skipped = [r.getMessage() for r in caplog.records if "step skipped" in r.getMessage()]
+    assert skipped == ["step 2: loss is nan on batch [4.png, 5.png], step skipped"]
 
 
 def test_skipping_steps_together_rules_out_gradient_accumulation() -> None:

@@ -45,6 +45,42 @@ def test_bce_loss_averages_valid_pixels_only() -> None:
     assert TaskLoss("bce")(logits, mask).item() == pytest.approx(math.log(2))
 
 
+def test_bce_dice_default_is_mmseg_dice_on_a_one_channel_head() -> None:
+    logits = torch.zeros(2, 1, 2, 2)  # p = 0.5 everywhere
+    mask = torch.tensor([[[1, 0], [255, 0]], [[1, 1], [1, 1]]])
+    # mmseg compares P(change) with the *unchanged* pixels (ignore counts as not unchanged),
+    # per image: image 1 has sum(p t) = 1, sum(p^2) = 1, sum(t^2) = 2; image 2 has no
+    # unchanged pixel, so its Dice is 0.
+    first = 1 - 2 * 1 / (1 + 1e-3 + 2 + 1e-3)
+    expected = math.log(2) + (first + 1.0) / 2
+    assert TaskLoss("bce_dice")(logits, mask).item() == pytest.approx(expected, rel=1e-6)
+    assert TaskLoss("bce_dice", dice="mmseg")(logits, mask).item() == pytest.approx(expected)
+
+
+def test_bce_dice_binary_option_is_the_changed_class_dice_over_valid_pixels() -> None:
+    logits = torch.zeros(1, 1, 2, 2)
+    mask = torch.tensor([[[1, 0], [255, 0]]])
+    # Valid pixels: p sums to 1.5, the changed target to 1, their product to 0.5; smoothed by 1.
+    expected = math.log(2) + 1 - (2 * 0.5 + 1) / (1.5 + 1 + 1)
+    loss = TaskLoss("bce_dice", dice="binary")(logits, mask)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown Dice term 'jaccard'"):
+        TaskLoss("bce_dice", dice="jaccard")
+
+
+def test_farseg_config_uses_the_official_dice_for_both_directions() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from cdkd.cli.common import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        default = compose("train", overrides=["model=changestar_farseg"])
+        binary = compose("train", overrides=["model=changestar_farseg", "model.loss.dice=binary"])
+    assert default.model.loss == {"kind": "bce_dice", "dice": "mmseg"}
+    assert default.model.aux_loss == default.model.loss
+    assert binary.model.aux_loss.dice == "binary"
+
+
 class _Local(ChangeModel):
     """A pointwise model: its output at a pixel depends only on that pixel's inputs."""
 

@@ -185,10 +185,14 @@ class PanelColumn:
 
 
 def load_column(
-    sample: Sample, predictions: Mapping[str, Path], scores: Mapping[str, float] | None = None
+    sample: Sample,
+    predictions: Mapping[str, Path],
+    scores: Mapping[str, float] | None = None,
+    label_threshold: int | None = None,
 ) -> PanelColumn:
-    """Read one pair, its label and the saved prediction ``<dir>/<stem>.png`` of each row."""
-    label = read_mask(sample.label)
+    """Read one pair, its label (binarised as ``data.label_threshold`` says) and the saved
+    prediction ``<dir>/<stem>.png`` of each row."""
+    label = read_mask(sample.label, label_threshold)
     masks = {}
     for title, folder in predictions.items():
         path = Path(folder) / f"{Path(sample.name).stem}.png"

@@ -223,7 +223,7 @@ def write_visual(analysis: Analysis) -> list[Path]:
             if sample.name in run.names:
                 position = run.names.index(sample.name)
                 scores[strategy_label(strategy)] = float(run.scores[str(cfg.metric)][position])
-        columns.append(load_column(sample, folders, scores))
+        columns.append(load_column(sample, folders, scores, datamodule.label_threshold))
     path = analysis.out_dir / f"visual-{cfg.split}.png"
     visual_panel(columns, path, cell=int(cfg.cell), metric=str(cfg.metric))
     return [path]

@@ -3,7 +3,8 @@
 Building the index decodes every label and both images of every pair, so unreadable files,
 bad label values and size mismatches surface before training instead of in the middle of an
 epoch. The result is cached as JSON and rebuilt whenever a file of the split is added, removed
-or modified (the fingerprint covers names, sizes and modification times).
+or modified (the fingerprint covers names, sizes and modification times) or when
+``data.label_threshold`` changes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cdkd.data.io import read_image, read_mask
+from cdkd.data.io import decode_label, read_image
 from cdkd.data.layout import Sample
 from cdkd.errors import DataError
 from cdkd.files import write_json_atomic
@@ -43,10 +44,15 @@ class IndexRow:
 
 
 class CarIndex:
-    """The rows of one split in dataset order, with their content checksum."""
+    """The rows of one split in dataset order, with their content checksum.
 
-    def __init__(self, rows: Sequence[IndexRow]) -> None:
+    ``thresholded`` names the pairs whose label had intermediate values (neither 0/255 nor
+    0/1), binarised by ``data.label_threshold``.
+    """
+
+    def __init__(self, rows: Sequence[IndexRow], thresholded: Iterable[str] = ()) -> None:
         self._rows = tuple(rows)
+        self.thresholded = frozenset(thresholded)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -82,7 +88,8 @@ class CarIndex:
 
     def subset(self, positions: Sequence[int]) -> CarIndex:
         """The rows at ``positions``, in that order."""
-        return CarIndex([self._rows[p] for p in positions])
+        rows = [self._rows[p] for p in positions]
+        return CarIndex(rows, self.thresholded & {row.name for row in rows})
 
     def positions_in(self, scheme: PartitionScheme, bucket: str) -> list[int]:
         """Positions of the rows whose CAR falls in ``bucket`` under ``scheme``."""
@@ -103,9 +110,12 @@ def label_car(mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> float:
     return int(np.count_nonzero((mask == 1) & valid)) / n_valid if n_valid else 0.0
 
 
-def scan_sample(sample: Sample) -> IndexRow:
-    """Decode the three files of a pair, check their sizes agree and measure the label's CAR."""
-    mask = read_mask(sample.label)
+def scan_sample(sample: Sample, label_threshold: int | None = None) -> tuple[IndexRow, bool]:
+    """Decode the three files of a pair, check their sizes agree and measure the label's CAR.
+
+    Returns the row and whether the label had intermediate values (see :func:`decode_label`).
+    """
+    mask, intermediate = decode_label(sample.label, label_threshold)
     height, width = mask.shape
     for path in (sample.image1, sample.image2):
         image = read_image(path)
@@ -114,7 +124,8 @@ def scan_sample(sample: Sample) -> IndexRow:
                 f"{path}: size {image.shape[0]}x{image.shape[1]} differs from its label "
                 f"{sample.label.name} ({height}x{width})"
             )
-    return IndexRow(name=sample.name, car=label_car(mask), height=height, width=width)
+    row = IndexRow(name=sample.name, car=label_car(mask), height=height, width=width)
+    return row, intermediate
 
 
 def fingerprint(samples: Sequence[Sample]) -> str:
@@ -141,25 +152,29 @@ def build_car_index(
     cache_file: str | Path | None = None,
     progress: bool = True,
     description: str = "CAR index",
+    label_threshold: int | None = None,
 ) -> CarIndex:
     """The CAR index of ``samples``, read from ``cache_file`` when it is still valid.
 
-    Otherwise every pair is decoded (on a thread pool, with a progress bar) and the index is
-    written to ``cache_file`` atomically. A cache that cannot be written only costs a warning.
+    Otherwise every pair is decoded (on a thread pool, with a progress bar) with labels read
+    strictly or binarised at ``label_threshold``, and the index is written to ``cache_file``
+    atomically. A cache that cannot be written only costs a warning.
     """
     names = [sample.name for sample in samples]
     stamp = fingerprint(samples)
     if cache_file is not None:
-        cached = _load_cache(Path(cache_file), stamp, names)
+        cached = _load_cache(Path(cache_file), stamp, names, label_threshold)
         if cached is not None:
             return cached
-    index = CarIndex(_scan_all(samples, progress, description))
+    index = _scan_all(samples, progress, description, label_threshold)
     if cache_file is not None:
-        _save_cache(Path(cache_file), stamp, index)
+        _save_cache(Path(cache_file), stamp, index, label_threshold)
     return index
 
 
-def _scan_all(samples: Sequence[Sample], progress: bool, description: str) -> list[IndexRow]:
+def _scan_all(
+    samples: Sequence[Sample], progress: bool, description: str, label_threshold: int | None
+) -> CarIndex:
     """Scan every pair on a thread pool; the first bad file stops the scan at once."""
     workers = max(1, min(8, os.cpu_count() or 1))
     columns = (
@@ -169,25 +184,36 @@ def _scan_all(samples: Sequence[Sample], progress: bool, description: str) -> li
         TimeRemainingColumn(),
     )
     rows: list[IndexRow] = []
+    thresholded: list[str] = []
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
         with Progress(*columns, disable=not progress, transient=True) as bar:
             task = bar.add_task(description, total=len(samples))
-            for row in pool.map(scan_sample, samples):
+            for row, intermediate in pool.map(
+                lambda sample: scan_sample(sample, label_threshold), samples
+            ):
                 rows.append(row)
+                if intermediate:
+                    thresholded.append(row.name)
                 bar.advance(task)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    return rows
+    return CarIndex(rows, thresholded)
 
 
-def _load_cache(path: Path, stamp: str, names: list[str]) -> CarIndex | None:
-    """The cached index if ``path`` holds one for exactly these files, else ``None``."""
+def _load_cache(
+    path: Path, stamp: str, names: list[str], label_threshold: int | None
+) -> CarIndex | None:
+    """The cached index if ``path`` holds one for exactly these files and label rule."""
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
         if content["version"] != INDEX_VERSION or content["fingerprint"] != stamp:
             return None
-        index = CarIndex([IndexRow(**row) for row in content["rows"]])
+        if content.get("label_threshold") != label_threshold:
+            return None
+        index = CarIndex(
+            [IndexRow(**row) for row in content["rows"]], content.get("thresholded", [])
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if [row.name for row in index] != names:
@@ -196,11 +222,13 @@ def _load_cache(path: Path, stamp: str, names: list[str]) -> CarIndex | None:
     return index
 
 
-def _save_cache(path: Path, stamp: str, index: CarIndex) -> None:
+def _save_cache(path: Path, stamp: str, index: CarIndex, label_threshold: int | None) -> None:
     content = {
         "version": INDEX_VERSION,
         "fingerprint": stamp,
         "checksum": index.checksum,
+        "label_threshold": label_threshold,
+        "thresholded": sorted(index.thresholded),
         "rows": [asdict(row) for row in index],
     }
     try:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from cdkd.data.car_index import CarIndex, build_car_index, cache_path
 from cdkd.data.dataset import IMAGENET_MEAN, IMAGENET_STD, ChangeDetectionDataset, pad_collate
+from cdkd.data.io import check_label_threshold
 from cdkd.data.layout import Sample, discover_split, require_root
 from cdkd.data.sampler import EpochShuffleSampler, ResumableLoader
 from cdkd.data.transforms import build_augmentation
@@ -72,6 +73,9 @@ class ChangeDataModule(LightningDataModule):
         persistent_workers: Keep workers between epochs (default: when ``num_workers > 0``).
         seed: Seed of the training order and augmentation (with the epoch and the item's
             position: see :mod:`cdkd.data.sampler`).
+        label_threshold: ``None`` reads labels strictly (0/255 or 0/1, anything else is an
+            error); an integer T in 1..255 reads values ``>= T`` as change, the rest as
+            unchanged, colour labels through their grayscale (for JPEG-saved labels: 128).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class ChangeDataModule(LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool | None = None,
         seed: int = 0,
+        label_threshold: int | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -126,6 +131,7 @@ class ChangeDataModule(LightningDataModule):
         persistent = num_workers > 0 if persistent_workers is None else persistent_workers
         self.persistent_workers = persistent and num_workers > 0
         self.seed = seed
+        self.label_threshold = check_label_threshold(label_threshold)
         self._splits: dict[str, _Split] = {}
         self._folders: dict[Path, tuple[list[Sample], CarIndex]] = {}
 
@@ -177,7 +183,12 @@ class ChangeDataModule(LightningDataModule):
         """The training loader of process ``rank`` of ``world_size``."""
         split = self._split("train")
         dataset = ChangeDetectionDataset(
-            split.samples, self.mean, self.std, self.train_augment, seed=self.seed
+            split.samples,
+            self.mean,
+            self.std,
+            self.train_augment,
+            seed=self.seed,
+            label_threshold=self.label_threshold,
         )
         batch_size = process_batch_size(self.batch_size, world_size)
         sampler = EpochShuffleSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
@@ -209,7 +220,9 @@ class ChangeDataModule(LightningDataModule):
         repeat some, counting them twice in the gathered metrics).
         """
         data = self._split(split)
-        dataset = ChangeDetectionDataset(data.samples, self.mean, self.std, augment=None)
+        dataset = ChangeDetectionDataset(
+            data.samples, self.mean, self.std, label_threshold=self.label_threshold
+        )
         sampler = None
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if shard and distributed and torch.distributed.get_world_size() > 1:
@@ -276,6 +289,15 @@ class ChangeDataModule(LightningDataModule):
                 )
             samples, index = [samples[p] for p in chosen], index.subset(chosen)
         log.info("%s %s: %d pairs from %s", self.name, split, len(samples), folder)
+        if self.label_threshold is not None:
+            log.info(
+                "%s %s: %d of %d labels have values other than 0/255 and 0/1, binarised at >= %d",
+                self.name,
+                split,
+                len(index.thresholded),
+                len(index),
+                self.label_threshold,
+            )
         return _Split(folder=folder, samples=samples, index=index)
 
     def _held_out(self, root: Path, split: str) -> tuple[Path, list[int]]:
@@ -302,6 +324,7 @@ class ChangeDataModule(LightningDataModule):
                 samples,
                 cache_file=cache_path(self.cache_dir, folder),
                 description=f"CAR index {self.name}/{folder.name}",
+                label_threshold=self.label_threshold,
             )
             self._folders[folder] = (samples, index)
         return self._folders[folder]

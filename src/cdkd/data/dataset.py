@@ -35,6 +35,7 @@ class ChangeDetectionDataset(Dataset):
         seed: With ``augment``: items asked for by a :data:`~cdkd.data.sampler.TrainKey`
             ``(position, epoch)`` are augmented as ``(seed, epoch, position)`` says, the same
             in every process and after every resume.
+        label_threshold: how labels are binarised (see :func:`cdkd.data.io.binarise_label`).
     """
 
     def __init__(
@@ -44,12 +45,14 @@ class ChangeDetectionDataset(Dataset):
         std: Sequence[float] = IMAGENET_STD,
         augment: PairAugment | None = None,
         seed: int = 0,
+        label_threshold: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.mean = torch.tensor([float(m) for m in mean], dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor([float(s) for s in std], dtype=torch.float32).view(3, 1, 1)
         self.augment = augment
         self.seed = seed
+        self.label_threshold = label_threshold
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -58,7 +61,7 @@ class ChangeDetectionDataset(Dataset):
         position, epoch = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[position]
         image1, image2 = read_image(sample.image1), read_image(sample.image2)
-        mask = read_mask(sample.label)
+        mask = read_mask(sample.label, self.label_threshold)
         if self.augment is not None:
             draw = None if epoch is None else (self.seed, epoch, position)
             image1, image2, mask = self.augment(image1, image2, mask, draw)

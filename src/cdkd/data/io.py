@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cdkd.errors import DataError
+from cdkd.errors import ConfigError, DataError
 from cdkd.files import atomic_path
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -43,35 +43,55 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
-def binarise_label(values: np.ndarray, path: str | Path) -> np.ndarray:
-    """Map a decoded label to ``uint8 {0, 1}``.
+#: How an error about label values tells the user to binarise them instead.
+THRESHOLD_HINT = "set data.label_threshold=T to read values >= T as change (128 for JPEG labels)"
 
-    Accepted encodings: 0/255 masks (255 means changed) and 0/1 masks. Any other value
-    (e.g. class indices 0/1/2 or anti-aliased edges) is an error naming the file, since
-    guessing would silently change the ground truth.
+
+def binarise_label(
+    values: np.ndarray, path: str | Path, threshold: int | None = None
+) -> tuple[np.ndarray, bool]:
+    """Map decoded label values to ``uint8 {0, 1}``, and say whether any was intermediate.
+
+    Strict (``threshold=None``): 0/255 masks (255 means changed) and 0/1 masks are accepted;
+    any other value (class indices 0/1/2, JPEG or anti-aliasing noise) is an error naming the
+    file, since guessing would silently change the ground truth. With ``threshold`` T, values
+    ``>= T`` are change and the rest unchanged, whatever they are (a 0/1 mask then needs T=1).
+    The flag is true when the label has values other than 0/255 and other than 0/1.
     """
-    present = np.flatnonzero(np.bincount(values.ravel(), minlength=256))
-    if set(present.tolist()) <= {0, 255}:
-        return (values >= 128).astype(np.uint8)
-    if set(present.tolist()) <= {0, 1}:
-        return values.astype(np.uint8)
-    shown = ", ".join(str(v) for v in present[:8]) + (", ..." if len(present) > 8 else "")
-    raise DataError(f"{path}: label values {{{shown}}} are neither 0/255 nor 0/1")
+    present = set(np.flatnonzero(np.bincount(values.ravel(), minlength=256)).tolist())
+    clean_255, clean_01 = present <= {0, 255}, present <= {0, 1}
+    if threshold is not None:
+        return (values >= threshold).astype(np.uint8), not (clean_255 or clean_01)
+    if clean_255:
+        return (values >= 128).astype(np.uint8), False
+    if clean_01:
+        return values.astype(np.uint8), False
+    listed = sorted(present)
+    shown = ", ".join(str(v) for v in listed[:8]) + (", ..." if len(listed) > 8 else "")
+    raise DataError(f"{path}: label values {{{shown}}} are neither 0/255 nor 0/1; {THRESHOLD_HINT}")
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Decode a change label to ``uint8 [H, W]`` with 0 = unchanged and 1 = changed."""
+def decode_label(path: str | Path, threshold: int | None = None) -> tuple[np.ndarray, bool]:
+    """A change label as ``uint8 [H, W]`` (0 unchanged, 1 changed) and its intermediate flag.
+
+    Colour labels are errors in strict mode. With ``threshold`` they are converted to
+    grayscale (ITU-R 601 luma, as the official pipeline decodes labels) and thresholded, so
+    RGB-saved JPEG masks work; a colour-coded label would not read as intended.
+    """
     path = Path(path)
     img = _open(path)
     if img.mode in ("RGB", "RGBA"):
         rgb = np.asarray(img.convert("RGB"))
-        if not (
-            np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
-        ):
+        grey = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        if grey:
+            values = rgb[..., 0]
+        elif threshold is not None:
+            values = np.asarray(img.convert("RGB").convert("L"), dtype=np.uint8)
+        else:
             raise DataError(
-                f"{path}: label is a colour image; expected a single-channel 0/255 mask"
+                f"{path}: label is a colour image; expected a single-channel 0/255 mask "
+                f"({THRESHOLD_HINT})"
             )
-        values = rgb[..., 0]
     elif img.mode in ("L", "P", "1", "LA"):
         values = np.asarray(img.convert("L"), dtype=np.uint8)
     else:
@@ -79,7 +99,23 @@ def read_mask(path: str | Path) -> np.ndarray:
         if arr.ndim != 2 or arr.max(initial=0) > 255 or arr.min(initial=0) < 0:
             raise DataError(f"{path}: label mode {img.mode} is not an 8-bit single-channel mask")
         values = arr.astype(np.uint8)
-    return binarise_label(values, path)
+    return binarise_label(values, path, threshold)
+
+
+def read_mask(path: str | Path, threshold: int | None = None) -> np.ndarray:
+    """Decode a change label to ``uint8 [H, W]`` with 0 = unchanged and 1 = changed."""
+    return decode_label(path, threshold)[0]
+
+
+def check_label_threshold(value: object) -> int | None:
+    """``data.label_threshold`` as an int in 1..255, or ``None`` (strict)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255:
+        raise ConfigError(
+            f"data.label_threshold must be an integer in 1..255 or null, got {value!r}"
+        )
+    return value
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:

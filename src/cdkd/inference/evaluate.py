@@ -13,6 +13,7 @@ from rich.progress import track
 
 from cdkd.data.io import write_mask
 from cdkd.files import atomic_path, write_json_atomic
+from cdkd.inference.origin_partition import OriginPartition
 from cdkd.metrics import METRIC_KEYS, ChangeMetrics
 from cdkd.models import ChangeModel
 from cdkd.partition import change_area_ratio
@@ -61,8 +62,12 @@ def run_evaluation(
         x1 = batch["image1"].to(device, non_blocking=True)
         x2 = batch["image2"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
+        sizes = batch.get("size")
         with autocast_for(device):
-            logits = model(x1, x2)
+            if isinstance(model, OriginPartition) and sizes is not None:
+                logits = model(x1, x2, sizes=sizes)  # routing counts only each image's pixels
+            else:
+                logits = model(x1, x2)
         pred = model.predict(resize_logits(logits.float(), tuple(mask.shape[-2:])))
         metrics.update(pred, mask)
         names.extend(batch["name"])
@@ -70,7 +75,6 @@ def run_evaluation(
         if predictions_dir is not None:
             # The only host copy of the loop: one per batch, and only when saving.
             host = pred.cpu().numpy()
-            sizes = batch.get("size")
             for i, name in enumerate(batch["name"]):
                 h, w = (int(v) for v in sizes[i]) if sizes is not None else host.shape[-2:]
                 write_mask(Path(predictions_dir) / f"{Path(name).stem}.png", host[i, :h, :w])

@@ -2,6 +2,7 @@
 
 M_O predicts each image; the CAR of that prediction routes the image to the teacher of its
 partition (same rule and thresholds as training), and the teacher's prediction is the result.
+In a batch padded from images of different sizes the CAR counts only each image's own pixels.
 """
 
 from __future__ import annotations
@@ -41,14 +42,33 @@ class OriginPartition(ChangeModel):
         self.out_channels = teachers[0].out_channels
         self.predicted_cars: list[torch.Tensor] = []
 
-    def route(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """M_O's predicted CAR of each image and the bucket it selects."""
-        logits = resize_logits(self.origin(x1, x2).float(), tuple(x1.shape[-2:]))
-        car = self.origin.predict(logits).flatten(1).float().mean(1)
+    def route(
+        self, x1: torch.Tensor, x2: torch.Tensor, sizes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """M_O's predicted CAR of each image and the bucket it selects.
+
+        ``sizes`` (``[B, 2]``, each image's height and width before bottom/right padding, as
+        :func:`cdkd.data.dataset.pad_collate` gives) restricts each CAR to the image's own
+        pixels; without it every pixel of the batch tensor counts.
+        """
+        height, width = x1.shape[-2:]
+        logits = resize_logits(self.origin(x1, x2).float(), (height, width))
+        changed = self.origin.predict(logits).float()
+        if sizes is None:
+            car = changed.flatten(1).mean(1)
+        else:
+            sizes = sizes.to(x1.device)
+            rows = torch.arange(height, device=x1.device).view(1, -1, 1) < sizes[:, 0, None, None]
+            cols = torch.arange(width, device=x1.device).view(1, 1, -1) < sizes[:, 1, None, None]
+            inside = (rows & cols).float()
+            car = (changed * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
         return car, bucket_of(car, self.scheme.thresholds)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        car, buckets = self.route(x1, x2)
+    def forward(
+        self, x1: torch.Tensor, x2: torch.Tensor, sizes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The routed teachers' logits; ``sizes`` as in :meth:`route`."""
+        car, buckets = self.route(x1, x2, sizes)
         self.predicted_cars.append(car.cpu())
         out: torch.Tensor | None = None
         for k, teacher in enumerate(self.teachers):

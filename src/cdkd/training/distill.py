@@ -8,7 +8,9 @@ just the samples routed to it, frozen and in inference mode; the student is trai
 
 the MSE taken on raw logits at the student head's native resolution and averaged over
 elements. Routing indices are computed on the host before the batch is moved to the device,
-so a step needs no device-to-host synchronisation.
+and the loss is checked and logged without reading it back (see
+:meth:`~cdkd.training.module.ChangeDetectionModule.guard_loss`), so a single-process step
+needs no device-to-host synchronisation.
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ class DistillationModule(ChangeDetectionModule):
         student_all, teacher_all = torch.cat(student_parts), torch.cat(teacher_parts)
         return F.mse_loss(student_all.float(), teacher_all.float())
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         task, logits = self.task_loss(batch)
         size = batch["mask"].shape[0]
         lam = float(self.hparams.distill_lambda)
@@ -154,10 +156,9 @@ class DistillationModule(ChangeDetectionModule):
         if lam > 0:
             kd = self.distillation_loss(batch, logits)
             loss = task + lam * kd
-        if self.non_finite(loss, batch):
-            return None
+        self.guard_loss(loss, batch)
         if kd is not None:
             self.log("train/distill", kd, batch_size=size)
         self.log("train/task", task, batch_size=size)
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, batch_size=size)
         return loss

@@ -3,7 +3,9 @@
 - ``ce``: 2-channel cross-entropy (the paper's equation (5) written for two logits).
 - ``ce_ohem``: cross-entropy on the hardest pixels (mmseg's OHEM sampler; Changer, LightCDNet).
 - ``bce``: 1-channel BCE-with-logits.
-- ``bce_dice``: BCE-with-logits plus soft Dice (ChangeStar-FarSeg).
+- ``bce_dice``: BCE-with-logits plus a Dice term (ChangeStar-FarSeg): ``dice=mmseg`` (default)
+  is what mmseg 1.2.2's ``DiceLoss`` computes for the official 1-channel head,
+  ``dice=binary`` the soft Dice of the changed class over the valid pixels.
 - ``bcl``: batch-balanced contrastive loss on a 1-channel distance map (STANet).
 """
 
@@ -19,6 +21,8 @@ from cdkd.partition import IGNORE_INDEX
 
 #: Loss name -> number of logit channels it expects.
 LOSSES: dict[str, int] = {"ce": 2, "ce_ohem": 2, "bce": 1, "bce_dice": 1, "bcl": 1}
+#: Dice terms of ``bce_dice``.
+DICE_KINDS = ("mmseg", "binary")
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -44,6 +48,8 @@ class TaskLoss(nn.Module):
         bcl_eps: ``bcl`` normaliser offset. Open-CD passes ``ignore_index`` (255) here by a
             positional slip, which the paper's STANet numbers were trained with; 1e-4 is the
             intended value.
+        dice: ``bce_dice``'s Dice term: ``mmseg`` (:func:`mmseg_dice_loss`, the official
+            code's) or ``binary`` (:func:`soft_dice_loss`).
     """
 
     def __init__(
@@ -54,16 +60,20 @@ class TaskLoss(nn.Module):
         ohem_min_kept: int = 100_000,
         margin: float = 2.0,
         bcl_eps: float = 1e-4,
+        dice: str = "mmseg",
     ) -> None:
         super().__init__()
         if kind not in LOSSES:
             raise ValueError(f"unknown loss '{kind}': use one of {sorted(LOSSES)}")
+        if dice not in DICE_KINDS:
+            raise ValueError(f"unknown Dice term '{dice}': use one of {list(DICE_KINDS)}")
         self.kind = kind
         self.ignore_index = ignore_index
         self.ohem_thresh = ohem_thresh
         self.ohem_min_kept = ohem_min_kept
         self.margin = margin
         self.bcl_eps = bcl_eps
+        self.dice = dice
 
     @property
     def out_channels(self) -> int:
@@ -82,7 +92,9 @@ class TaskLoss(nn.Module):
             return self._bcl(logits[:, 0], target, valid)
         per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
         loss = (per_pixel * valid).sum() / valid.sum().clamp_min(1)
-        if self.kind == "bce_dice":
+        if self.kind == "bce_dice" and self.dice == "mmseg":
+            loss = loss + mmseg_dice_loss(logits[:, 0], mask)
+        elif self.kind == "bce_dice":
             loss = loss + soft_dice_loss(logits[:, 0], target, valid)
         return loss
 
@@ -114,11 +126,30 @@ class TaskLoss(nn.Module):
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``1 - Dice`` of the sigmoid probabilities over the valid pixels of the batch."""
+    """``1 - Dice`` of the changed class's sigmoid probabilities over the valid pixels of the
+    batch, smoothed by 1 (``dice=binary``)."""
     prob = torch.sigmoid(logits) * valid
     target = target * valid
     inter = (prob * target).sum()
     return 1.0 - (2.0 * inter + 1.0) / (prob.sum() + target.sum() + 1.0)
+
+
+def mmseg_dice_loss(logits: torch.Tensor, mask: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """The Dice term of mmseg 1.2.2's ``DiceLoss(use_sigmoid=True)`` on a 1-channel head.
+
+    ``logits`` ``[B, H, W]``, ``mask`` ``[B, H, W]`` with 0/1/255. mmseg one-hot encodes the
+    label with as many classes as the head has channels (one): the label is clamped to [0, 1],
+    so ignore pixels become 1, and only the column of class 0 is kept. The sigmoid probability
+    of *change* is therefore compared with the indicator of *unchanged* pixels, ignore pixels
+    count as not unchanged (its ``ignore_index`` only drops a channel numbered 255), and the
+    V-Net form is used per image, ``1 - 2 sum(p t) / (sum(p^2) + eps + sum(t^2) + eps)``,
+    averaged over the batch. This is what the official ChangeStar-FarSeg trained with.
+    """
+    prob = torch.sigmoid(logits).flatten(1)
+    target = (mask == 0).float().flatten(1)
+    inter = (prob * target).sum(1)
+    dice = 2 * inter / (prob.pow(2).sum(1) + eps + target.pow(2).sum(1) + eps)
+    return (1 - dice).mean()
 
 
 def build_loss(spec: str | dict[str, Any]) -> TaskLoss:

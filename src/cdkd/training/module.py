@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -57,8 +58,9 @@ class ChangeDetectionModule(L.LightningModule):
         warmup_start_lr: learning rate at step 0.
         empty_policy: per-image metric rule for absent classes (see :class:`ChangeMetrics`).
         nan_policy: what a non-finite training loss does: ``stop`` raises
-            :class:`NonFiniteLossError` (nothing is saved, so the checkpoints keep the last
-            good state), ``skip`` drops that step (no optimizer update) and goes on.
+            :class:`NonFiniteLossError` naming the step and its files (nothing is saved after
+            it, so the checkpoints keep the last good state), ``skip`` gives that step no
+            gradient and goes on. See :meth:`guard_loss` for when each is decided.
         meta: provenance recorded in the checkpoint (stage, data, normalisation, partition).
         channels_last: keep weights and input images in channels-last memory format, which
             CUDA convolutions run faster in; ``None`` enables it on CUDA only.
@@ -107,6 +109,10 @@ class ChangeDetectionModule(L.LightningModule):
         self.val_metrics = ChangeMetrics(empty_policy=empty_policy)
         if compile:
             self.net.compile()
+        # Single process: the losses not yet checked (step, loss, file names), and whether the
+        # gradients accumulated for the coming optimizer step are all from finite losses.
+        self._unchecked: list[tuple[int, torch.Tensor, list[str]]] = []
+        self._finite_step: torch.Tensor | None = None
 
     def uses_channels_last(self) -> bool:
         """Whether images and weights are kept channels-last on the current device."""
@@ -160,28 +166,92 @@ class ChangeDetectionModule(L.LightningModule):
             loss = loss + weight * self.aux_criterion(aux_logits, batch["mask"])
         return loss, logits
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _ = self.task_loss(batch)
-        if self.non_finite(loss, batch):
-            return None
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["mask"].shape[0])
+        self.guard_loss(loss, batch)
+        self.log("train/loss", loss, batch_size=batch["mask"].shape[0])
         return loss
 
-    def non_finite(self, loss: torch.Tensor, batch: Mapping[str, Any]) -> bool:
-        """Whether to skip this step because its loss is NaN/Inf (``nan_policy=skip``).
+    def guard_loss(self, loss: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        """Apply ``nan_policy`` to this step's loss.
 
-        Under DDP the processes decide together: when any of them has a non-finite loss, all
-        skip the step (or all stop), so none waits forever for the others' gradients. With
-        ``nan_policy=stop`` a non-finite loss raises :class:`NonFiniteLossError` before any
-        update, naming the step and the batch's files.
+        In a single process nothing here waits for the device: the loss is kept (on the
+        device) with the step and the batch's file names and checked by
+        :meth:`check_losses` every ``trainer.log_every_n_steps`` steps, before validation,
+        before any checkpoint is written and at the end of training. ``stop`` then raises
+        :class:`NonFiniteLossError` naming the first bad step and its files; the steps run
+        since then never reach a checkpoint. ``skip`` logs each bad step there, and its
+        gradients were already replaced by zeros on the device before the optimizer step
+        (:meth:`on_before_optimizer_step`), so no NaN/Inf reaches the weights; AdamW still
+        applies that step's weight decay and its momentum from earlier steps.
+
+        Under DDP the processes decide together at every step (one collective, which waits
+        for the device): when any of them has a non-finite loss, all skip the step before any
+        update (or all stop), so none waits forever for the others' gradients.
         """
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            self._decide_together(loss, batch)
+            return
+        names = [str(n) for n in batch.get("name", [])]
+        self._unchecked.append((self.global_step, loss.detach(), names))
+        if self.hparams.nan_policy == "skip":
+            finite = torch.isfinite(loss.detach()).all()
+            previous = self._finite_step
+            self._finite_step = finite if previous is None else previous & finite
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """``nan_policy=skip``: zero the gradients of a step with a non-finite loss, on the
+        device (the decision never leaves it)."""
+        finite, self._finite_step = self._finite_step, None
+        if finite is None:
+            return
+        keep = finite.to(self.device)
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.grad.masked_fill_(~keep, 0.0)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        trainer = self._trainer
+        if trainer is not None and len(self._unchecked) >= max(1, trainer.log_every_n_steps):
+            self.check_losses()
+
+    def on_validation_start(self) -> None:
+        self.check_losses()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_losses()
+
+    def on_train_end(self) -> None:
+        self.check_losses()
+
+    def check_losses(self) -> None:
+        """Read the kept losses (one wait for the device) and apply ``nan_policy`` to the
+        non-finite ones: ``stop`` raises for the first, ``skip`` logs each."""
+        unchecked, self._unchecked = self._unchecked, []
+        if not unchecked:
+            return
+        values = torch.stack([loss.float() for _, loss, _ in unchecked]).cpu().tolist()
+        for (step, _, names), value in zip(unchecked, values, strict=True):
+            if math.isfinite(value):
+                continue
+            where = f"{value} on batch [{', '.join(names)}]"
+            if self.hparams.nan_policy == "skip":
+                log.warning("step %d: loss is %s, step skipped", step, where)
+                continue
+            raise NonFiniteLossError(
+                f"step {step}: training loss is {where}; stopped with the checkpoints of the "
+                "last good state (lower the learning rate, set trainer.gradient_clip_val, or "
+                "nan_policy=skip)"
+            )
+
+    def _decide_together(self, loss: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        """The DDP path of :meth:`guard_loss`: all processes skip or stop together."""
         finite_here = bool(torch.isfinite(loss.detach()).all())
         trainer = self._trainer
-        finite = finite_here
-        if trainer is not None and trainer.world_size > 1:
-            finite = trainer.strategy.reduce_boolean_decision(finite_here, all=True)
-        if finite:
-            return False
+        if trainer.strategy.reduce_boolean_decision(finite_here, all=True):
+            return
         names = ", ".join(str(n) for n in batch.get("name", []))
         where = (
             f"{loss.item()} on batch [{names}]"
@@ -190,9 +260,7 @@ class ChangeDetectionModule(L.LightningModule):
         )
         if self.hparams.nan_policy == "skip":
             log.warning("step %d: loss is %s, step skipped", self.global_step, where)
-            if trainer is not None and trainer.world_size > 1:
-                raise SkippedStep
-            return True
+            raise SkippedStep
         raise NonFiniteLossError(
             f"step {self.global_step}: training loss is {where}; "
             "stopped with the checkpoints of the last good state (lower the learning rate, set "

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cdkd.data.datamodule import process_batch_size
+from cdkd.data.io import check_label_threshold
 from cdkd.data.transforms import AUGMENTATIONS
 from cdkd.errors import CdkdError, ConfigError, DataError, brief
 from cdkd.files import write_json_atomic, write_text_atomic
@@ -32,7 +33,7 @@ from cdkd.partition import PartitionScheme
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
 from cdkd.training.checkpoints import load_network, read_hparams, teacher_paths
 from cdkd.training.distill import DistillationModule
-from cdkd.training.losses import LOSSES
+from cdkd.training.losses import DICE_KINDS, LOSSES
 from cdkd.training.module import NAN_POLICIES, ChangeDetectionModule
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,12 @@ def check_config(cfg: DictConfig) -> None:
         kind = spec if isinstance(spec, str) or spec is None else spec.get("kind", "ce")
         if kind is not None and kind not in LOSSES:
             raise ConfigError(f"model.{key}: unknown loss '{kind}'; use one of {sorted(LOSSES)}")
+        dice = None if isinstance(spec, str) or spec is None else spec.get("dice")
+        if dice is not None and dice not in DICE_KINDS:
+            raise ConfigError(
+                f"model.{key}.dice: unknown Dice term '{dice}'; use one of {DICE_KINDS}"
+            )
+    check_label_threshold(OmegaConf.select(cfg, "data.label_threshold"))
     if cfg.data.augment not in AUGMENTATIONS:
         raise ConfigError(
             f"data.augment: unknown augmentation '{cfg.data.augment}'; use one of "

@@ -236,12 +236,12 @@ class TimeTravellingPixels(ChangeModel):
     512 px input), what ``forward`` returns.
 
     Frozen (``requires_grad=False``, still counted in the size): every SAM weight except the
-    LoRA matrices and the qkv biases. The gates are trainable by default: the reference wraps
-    the encoder with peft, which also freezes the gates because they live inside the encoder
-    and are not listed in ``modules_to_save``, so there they stay at their random
-    initialisation; ``train_gates=False`` reproduces that. The SAM neck (pretrained) stays
-    frozen as in the reference unless ``train_neck``. Trainable parameters: 48.235 M by
-    default, 6.210 M with ``train_gates=False``.
+    LoRA matrices and the qkv biases, and the time-travelling gates, which stay at their
+    initialisation: the reference wraps the encoder with peft, which freezes the gates too
+    because they live inside the encoder and are not listed in ``modules_to_save``.
+    ``train_gates=True`` lets them learn (the variant the TTP paper describes). The SAM neck
+    (pretrained) stays frozen as in the reference unless ``train_neck``. Trainable
+    parameters: 6.210 M by default, 48.235 M with ``train_gates=True``.
 
     Deviations: LoRA is the project's own :class:`LoRALinear` (peft's initialisation and
     scaling, no peft dependency), and the gates' 1x1 convolutions are linear layers over
@@ -255,7 +255,7 @@ class TimeTravellingPixels(ChangeModel):
         encoder_tag: timm weight tag loaded by ``pretrained``.
         img_size: side the encoder is built for (position tables sized for it).
         lora_rank, lora_alpha, lora_dropout: LoRA settings of every block's ``attn.qkv``.
-        train_gates: let the time-travelling gates learn (see above).
+        train_gates: let the time-travelling gates learn (default: frozen, see above).
         train_neck: let SAM's neck (1x1 and 3x3 convs with LayerNorm2d) learn.
         out_size: side of the head's fixed output grid.
         encoder_overrides: extra timm constructor arguments of the encoder (e.g. a smaller
@@ -276,7 +276,7 @@ class TimeTravellingPixels(ChangeModel):
         lora_rank: int = 16,
         lora_alpha: float = 32.0,
         lora_dropout: float = 0.01,
-        train_gates: bool = True,
+        train_gates: bool = False,
         train_neck: bool = False,
         out_size: int = 128,
         encoder_overrides: Mapping[str, Any] | None = None,
