@@ -25,6 +25,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 
 from cdkd.cli.common import config_dir, config_error_message
 from cdkd.errors import CdkdError, ConfigError
@@ -149,10 +150,12 @@ def plan(overrides: list[str]) -> Plan:
 
 def run_step(step: Step, console: Console, redo: str = "") -> None:
     """Run one step in its own process unless its output already exists (or ``redo`` says why)."""
+    command = escape(step.describe())  # overrides such as [a,b] are not markup
     if step.output.is_file() and not redo:
-        console.print(f"[dim]skip (done): {step.describe()}[/dim]")
+        console.print(f"[dim]skip (done): {command}[/dim]", soft_wrap=True)
         return
-    console.print(f"[bold]run:[/bold] {step.describe()}" + (f" ({redo})" if redo else ""))
+    reason = f" ({redo})" if redo else ""
+    console.print(f"[bold]run:[/bold] {command}{reason}", soft_wrap=True)
     proc = subprocess.run([sys.executable, "-m", step.tool, *step.overrides], check=False)
     if proc.returncode != 0:
         raise CdkdError(f"step failed (exit {proc.returncode}): {step.describe()}")
@@ -258,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         selection = select(pipeline)
         console.print(
             f"lambda={selection['selected']['lambda']:g} selected on validation "
-            f"({selection['rule']}): {pipeline.selection}"
+            f"({selection['rule']}): {escape(str(pipeline.selection))}",
+            soft_wrap=True,
         )
         stale = evaluated_other_student(pipeline.mtkd.output, selection)
         run_step(pipeline.mtkd, console, "the selected student changed" if stale else "")
