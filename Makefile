@@ -39,13 +39,13 @@ format: install ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests scripts
 	$(BIN)/ruff format src tests scripts
 
-demo: install ## the whole O-P / MTKD pipeline on the synthetic dataset; prints the Table III block
+demo: install ## the whole O-P / MTKD pipeline (lambda chosen on validation) on synthetic data; prints Table III
 	$(BIN)/python -m cdkd.pipeline experiment=demo $(ARGS)
 
 train: install ## train one stage: make train MODEL=tinycd DATA=jl1cd ARGS="stage=teacher_s"
 	$(BIN)/python -m cdkd.train model=$(MODEL) data=$(DATA) $(ARGS)
 
-pipeline: install ## baseline, teachers, O-P eval, student, MTKD eval; writes runs/DATA/MODEL/results.md
+pipeline: install ## baseline, teachers, O-P eval, lambda grid, MTKD eval; writes runs/DATA/MODEL/results.md
 	$(BIN)/python -m cdkd.pipeline model=$(MODEL) data=$(DATA) $(ARGS)
 
 pipeline-two: install ## the same with two teachers split at CAR 0.10 (paper Table V)
@@ -53,7 +53,7 @@ pipeline-two: install ## the same with two teachers split at CAR 0.10 (paper Tab
 
 sweep: install ## the paper's lambda grid for the student, then its summary table
 	$(BIN)/python -m cdkd.train hparams_search=lambda_grid model=$(MODEL) data=$(DATA) $(ARGS)
-	$(BIN)/python -m cdkd.report sweep=runs/$(DATA)/$(MODEL)/student
+	$(BIN)/python -m cdkd.report model=$(MODEL) data=$(DATA) $(ARGS)
 
 analyze: install ## the paper's figures and tables for a model whose pipeline has run
 	$(BIN)/python -m cdkd.analyze model=$(MODEL) data=$(DATA) $(ARGS)

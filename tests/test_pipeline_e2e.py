@@ -122,12 +122,35 @@ def test_smoke_pipeline_writes_the_table_iii_block(trained: dict[str, Path]) -> 
     for row in results["rows"].values():
         assert set(row) == {"mIoU", "mAcc", "mPrecision", "mFscore"}
     assert sum(sum(r.values()) for r in results["routing"].values()) == 12
-    assert (
-        "| Strategy | mIoU | mAcc | mPrecision | mFscore |"
-        in (model_dir / "results.md").read_text()
-    )
-    for stage in ("teacher_s", "teacher_m", "teacher_l", "student/lambda_0.001"):
+    for stage in ("teacher_s", "teacher_m", "teacher_l"):
         assert (model_dir / stage / "best.ckpt").is_file(), stage
+    # One student per lambda of the smoke grid, each scored on validation only.
+    students = {0.001: model_dir / "student" / "lambda_0.001"}
+    students[0.01] = model_dir / "student" / "lambda_0.01"
+    for run in students.values():
+        recorded = json.loads((run / "metrics.json").read_text())
+        assert recorded["val"]["count"] == 12 and "test" not in recorded, run
+        assert not (run / "eval" / "test").exists(), run
+    # The choice: the best validation mIoU (the smaller lambda on a tie), recorded once.
+    selection = json.loads((model_dir / "student" / "selection.json").read_text())
+    val = {r["lambda"]: r["val"]["mIoU"] for r in selection["runs"]}
+    chosen = selection["selected"]["lambda"]
+    assert list(val) == [0.001, 0.01]
+    assert chosen == min(val, key=lambda lam: (-val[lam], lam))
+    assert results["lambda"] == chosen
+    assert results["lambda_selection"]["selected"]["lambda"] == chosen
+    # Only the selected student was evaluated on test, and its score is the MTKD row.
+    mtkd = json.loads((model_dir / "eval" / "mtkd" / "test" / "metrics.json").read_text())
+    assert mtkd["checkpoint"] == str(students[chosen] / "best.ckpt")
+    assert results["rows"]["MTKD"]["mIoU"] == mtkd["per_image"]["mIoU"]
+    markdown = (model_dir / "results.md").read_text()
+    assert "| Strategy | mIoU | mAcc | mPrecision | mFscore |" in markdown
+    assert f"lambda={chosen:g} selected on validation" in markdown
+    assert "| Model | lambda | mIoU | mAcc | mPrecision | mFscore | selected |" in markdown
+    baseline_val = results["lambda_selection"]["baseline_val"]["mIoU"]
+    assert f"| M_O | - | {100 * baseline_val:.2f} |" in markdown
+    assert f"| M_S | {chosen:g} | {100 * val[chosen]:.2f} |" in markdown
+    assert "selected on validation" in proc.stdout and "M_O" in proc.stdout
     # The evaluations agree with the files they summarise.
     original = json.loads((model_dir / "eval" / "original" / "test" / "metrics.json").read_text())
     assert results["rows"]["-"]["mIoU"] == original["per_image"]["mIoU"]
@@ -139,8 +162,23 @@ def test_smoke_pipeline_writes_the_table_iii_block(trained: dict[str, Path]) -> 
         assert (analysis / name).stat().st_size > 0, name
     assert "MTKD" in (analysis / "classes-test.md").read_text()
     assert "fc_siam_diff" in (root / "runs" / "synthetic" / "results.md").read_text()
-    # A second run finds everything done and only rewrites the summary.
+    # Again with the other lambda alone: every student is done (skipped); only the MTKD
+    # evaluation runs again, for the newly selected student.
+    other = 0.01 if chosen == 0.001 else 0.001
+    grid = f"distill.lambdas=[{other}]"
     again = run_tool(
-        "cdkd.pipeline", "experiment=smoke", "model=fc_siam_diff", "logger=none", *common, cwd=root
+        "cdkd.pipeline",
+        "experiment=smoke",
+        "model=fc_siam_diff",
+        "logger=none",
+        grid,
+        *common,
+        cwd=root,
     )
-    assert "run:" not in again.stdout
+    assert [line for line in again.stdout.splitlines() if line.startswith("run:")] == [
+        "run: python -m cdkd.eval experiment=smoke model=fc_siam_diff "
+        f"{grid} {' '.join(common)} strategy=mtkd (the selected student changed)"
+    ]
+    mtkd = json.loads((model_dir / "eval" / "mtkd" / "test" / "metrics.json").read_text())
+    assert mtkd["checkpoint"] == str(students[other] / "best.ckpt")
+    assert json.loads((model_dir / "results.json").read_text())["lambda"] == other

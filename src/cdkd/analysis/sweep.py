@@ -1,4 +1,9 @@
-"""Summaries of lambda sweeps: one row per student run, the best by validation marked."""
+"""Lambda sweeps: one row per student run, and the choice of lambda on validation.
+
+The pipeline's selection (:func:`select_lambda`) and the sweep report (:func:`best_run`) use
+one rule: the highest validation per-image mIoU wins, ties go to the smaller lambda; the
+test split is never read.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,12 @@ from omegaconf import OmegaConf
 from rich.table import Table
 
 from cdkd.analysis.tables import percent
-from cdkd.errors import DataError
+from cdkd.errors import ConfigError, DataError
 from cdkd.metrics.change import MEAN_KEYS
+
+#: The file in the students' folder that records the pipeline's choice of lambda.
+SELECTION_FILE = "selection.json"
+SELECTION_RULE = "highest validation per-image mIoU; ties go to the smaller lambda"
 
 
 def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -44,9 +53,63 @@ def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def best_run(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The finished run with the highest validation mIoU (never selected on test)."""
+    """The finished run with the highest validation mIoU (never selected on test).
+
+    ``rows`` are in increasing lambda and ``max`` keeps the first maximum, so a tie goes to
+    the smaller lambda.
+    """
     finished = [r for r in rows if not math.isnan(r["val"].get("mIoU", math.nan))]
     return max(finished, key=lambda r: r["val"]["mIoU"]) if finished else None
+
+
+def validation_metrics(run_dir: str | Path) -> dict[str, float]:
+    """The validation per-image metrics a finished run recorded in its ``metrics.json``."""
+    metrics_file = Path(run_dir) / "metrics.json"
+    if not metrics_file.is_file():
+        raise DataError(f"{metrics_file}: not found; the run has not finished")
+    try:
+        return dict(json.loads(metrics_file.read_text())["val"]["per_image"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{metrics_file}: no validation per-image metrics") from exc
+
+
+def select_lambda(runs: dict[float, Path]) -> dict[str, Any]:
+    """Choose lambda among the student runs of a grid by validation per-image mIoU.
+
+    Every run of the grid must have finished (a missing one is an error naming its file:
+    choosing among part of the grid would change the search silently). Returns the record
+    written to ``selection.json``: the rule, the grid, each lambda's run folder and
+    validation metrics, and the chosen lambda with its run folder.
+    """
+    if not runs:
+        raise ConfigError("distill.lambdas is empty: give at least one lambda")
+    rows = [
+        {"lambda": lam, "run": str(run), "val": validation_metrics(run)}
+        for lam, run in sorted(runs.items())
+    ]
+    best = best_run(rows)
+    if best is None:
+        raise DataError(f"{rows[0]['run']}: no student has a validation mIoU")
+    return {
+        "rule": SELECTION_RULE,
+        "grid": [row["lambda"] for row in rows],
+        "runs": rows,
+        "selected": {"lambda": best["lambda"], "run": best["run"]},
+    }
+
+
+def selected_lambda(path: str | Path) -> float:
+    """The lambda recorded in a ``selection.json``; one line if there is none or it is bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no lambda selection; run `python -m cdkd.pipeline` (it selects lambda "
+            "on validation) or give distill.lambda=VALUE"
+        )
+    try:
+        return float(json.loads(path.read_text())["selected"]["lambda"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a lambda selection (no selected.lambda)") from exc
 
 
 def sweep_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -75,4 +138,43 @@ def sweep_markdown(rows: list[dict[str, Any]], title: str) -> str:
         cells = [f"{row['lambda']:g}", *(percent(row["val"].get(k, math.nan)) for k in MEAN_KEYS)]
         cells += [percent(row["test"].get("mIoU", math.nan)), "*" if row is best else ""]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _selection_cells(selection: dict[str, Any], baseline_val: dict[str, float]) -> list[list[str]]:
+    """Rows M_O, then the student at each lambda of the grid (the chosen one marked ``*``)."""
+    cells = [["M_O", "-", *(percent(baseline_val.get(k, math.nan)) for k in MEAN_KEYS), ""]]
+    chosen = selection["selected"]["lambda"]
+    for run in selection["runs"]:
+        metrics = (percent(run["val"].get(k, math.nan)) for k in MEAN_KEYS)
+        cells.append(
+            ["M_S", f"{run['lambda']:g}", *metrics, "*" if run["lambda"] == chosen else ""]
+        )
+    return cells
+
+
+def selection_table(selection: dict[str, Any], baseline_val: dict[str, float], title: str) -> Table:
+    """Validation m-metrics of M_O and of the student at each lambda, the selected one marked."""
+    table = Table(title=title, caption=f"* selected: {selection['rule']}")
+    for name in ("Model", "lambda"):
+        table.add_column(name)
+    for key in MEAN_KEYS:
+        table.add_column(key, justify="right")
+    table.add_column("selected")
+    for cells in _selection_cells(selection, baseline_val):
+        table.add_row(*cells)
+    return table
+
+
+def selection_markdown(
+    selection: dict[str, Any], baseline_val: dict[str, float], title: str
+) -> str:
+    """The same table as :func:`selection_table`, as Markdown under a bold title line."""
+    header = ["Model", "lambda", *MEAN_KEYS, "selected"]
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |"]
+    lines.append("|:---|---:|" + "---:|" * len(MEAN_KEYS) + ":---:|")
+    lines += [
+        "| " + " | ".join(cells) + " |" for cells in _selection_cells(selection, baseline_val)
+    ]
+    lines += ["", f"\\* selected: {selection['rule']}."]
     return "\n".join(lines) + "\n"

@@ -71,6 +71,24 @@ def build_origin_partition(cfg: DictConfig) -> Any:
     return OriginPartition(origin, teachers, scheme)
 
 
+def student_lambda(cfg: DictConfig) -> tuple[float, str]:
+    """The lambda whose student strategy=mtkd evaluates, and where it came from.
+
+    ``distill.lambda`` when given; otherwise the pipeline's ``selection.json`` decides and
+    ``cfg`` is set to its lambda, so the checkpoint follows the run-folder convention.
+    """
+    from cdkd.analysis.sweep import selected_lambda
+
+    source = "distill.lambda"
+    if cfg.distill["lambda"] is None:
+        cfg.distill["lambda"] = selected_lambda(cfg.selection)
+        source = f"selected on validation, {cfg.selection}"
+    try:
+        return float(cfg.distill["lambda"]), source
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"distill.lambda = {cfg.distill['lambda']!r} is not a number") from exc
+
+
 def routing_table(confusion: dict[str, dict[str, int]]) -> Table:
     """The O-P routing confusion as a table: rows ground truth, columns M_O's prediction."""
     first = next(iter(confusion.values()))
@@ -104,6 +122,9 @@ def main(cfg: DictConfig) -> None:
         model = build_origin_partition(cfg)
         extra["origin"] = str(cfg.distill.init)
     else:
+        if cfg.strategy == "mtkd" and cfg.checkpoint is None:
+            extra["lambda"], source = student_lambda(cfg)
+            Console().print(f"student: lambda={extra['lambda']:g} ({source})")
         checkpoint = cfg.checkpoint or cfg.checkpoints[cfg.strategy]
         check_checkpoints(cfg, [checkpoint])
         model = load_network(checkpoint, expected_model=cfg.model.name)

@@ -1,9 +1,11 @@
 """``python -m cdkd.pipeline [key=value ...]``: the whole O-P / MTKD method for one model.
 
 Runs, in order and skipping every step whose outputs already exist: the baseline M_O, the
-CAR-partition teachers, the evaluation of the original model and of O-P inference, the
-student, and the student's evaluation; then writes the paper's Table III block for the model
-to ``<runs>/<data>/<model>/results<suffix>.md`` and ``.json``.
+CAR-partition teachers, the evaluation of the original model and of O-P inference, one
+student per value of ``distill.lambdas`` (scored on validation only), the choice of lambda by
+validation per-image mIoU (``<student folder>/selection.json``), and the test evaluation of
+the selected student; then writes the paper's Table III block for the model, with the
+lambda-vs-validation table, to ``<runs>/<data>/<model>/results<suffix>.md`` and ``.json``.
 
 Every argument is a Hydra override passed on to the stages (``model=changer_b1 data=jl1cd
 partition=two trainer.devices=2``); overrides that only concern training are not passed to
@@ -21,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 
 from cdkd.cli.common import config_dir, config_error_message
 from cdkd.errors import CdkdError, ConfigError
@@ -55,29 +58,61 @@ def compose_config(name: str, overrides: list[str]) -> DictConfig:
             raise ConfigError(f"{name} config with {overrides}: {message}") from exc
 
 
+def override_key(item: str) -> str:
+    """The key an override sets (``+distill.lambda=1`` -> ``distill.lambda``)."""
+    return item.lstrip("+~").split("=", 1)[0]
+
+
 def eval_overrides(overrides: list[str]) -> list[str]:
     """The overrides that also apply to evaluation (data, model, partition, paths, ...)."""
     base = compose_config("eval", [])
     groups = {"data", "model", "partition", "distill", "paths", "experiment"}
     kept = []
     for item in overrides:
-        key = item.lstrip("+~").split("=", 1)[0].split(".", 1)[0]
+        key = override_key(item).split(".", 1)[0]
         if key in groups or key in base:
             kept.append(item)
     return kept
 
 
+def lambda_grid(train_cfg: DictConfig) -> list[float]:
+    """``distill.lambdas`` as distinct numbers >= 0, in increasing order (one line if not)."""
+    values = train_cfg.distill.lambdas
+    if not OmegaConf.is_list(values) or len(values) == 0:
+        raise ConfigError(f"distill.lambdas = {values!r} must be a non-empty list of numbers")
+    try:
+        grid = [float(value) for value in values]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"distill.lambdas = {list(values)}: not all numbers") from exc
+    if min(grid) < 0 or len(set(grid)) != len(grid):
+        raise ConfigError(f"distill.lambdas = {grid}: values must be distinct and >= 0")
+    return sorted(grid)
+
+
 @dataclass(frozen=True)
 class Plan:
-    """The ordered steps, where each strategy's metrics land, and the evaluation config."""
+    """The ordered steps, the student grid and where each strategy's metrics land.
+
+    ``steps`` run first; then lambda is chosen among ``students`` (lambda -> run folder) and
+    written to ``selection``; then ``mtkd`` evaluates the chosen student on test.
+    """
 
     steps: list[Step]
+    students: dict[float, Path]
+    selection: Path
+    mtkd: Step
+    baseline: Path
     metrics: dict[str, Path]
     eval_cfg: DictConfig
 
 
 def plan(overrides: list[str]) -> Plan:
     """The pipeline's steps for ``overrides``."""
+    if any(override_key(item) == "distill.lambda" for item in overrides):
+        raise ConfigError(
+            "distill.lambda: the pipeline trains one student per value of distill.lambdas and "
+            "selects on validation; give distill.lambdas=[VALUE] for a single lambda"
+        )
     train_cfg = compose_config("train", overrides)
     for_eval = eval_overrides(overrides)
     stages = ["baseline", *train_cfg.partition.teacher_stages.values()]
@@ -94,21 +129,33 @@ def plan(overrides: list[str]) -> Plan:
             tuple(eval_list),
             Path(compose_config("eval", eval_list).out_dir) / "metrics.json",
         )
-    student_overrides = [*overrides, "stage=student"]
-    student_dir = Path(compose_config("train", student_overrides).run_dir)
     steps += [evals["original"], evals["op"]]
-    steps.append(Step("cdkd.train", tuple(student_overrides), student_dir / "metrics.json"))
-    steps.append(evals["mtkd"])
-    metrics = {strategy: step.output for strategy, step in evals.items()}
-    return Plan(steps, metrics, compose_config("eval", for_eval))
+    students = {}
+    for lam in lambda_grid(train_cfg):
+        # Selection must never see test: the students are scored on validation only.
+        student = [*overrides, "stage=student", f"distill.lambda={lam!r}", "test_after_fit=false"]
+        students[lam] = Path(compose_config("train", student).run_dir)
+        steps.append(Step("cdkd.train", tuple(student), students[lam] / "metrics.json"))
+    eval_cfg = compose_config("eval", for_eval)
+    return Plan(
+        steps=steps,
+        students=students,
+        selection=Path(eval_cfg.selection),
+        mtkd=evals["mtkd"],
+        baseline=steps[0].output.parent,
+        metrics={strategy: step.output for strategy, step in evals.items()},
+        eval_cfg=eval_cfg,
+    )
 
 
-def run_step(step: Step, console: Console) -> None:
-    """Run one step in its own process unless its output already exists."""
-    if step.output.is_file():
-        console.print(f"[dim]skip (done): {step.describe()}[/dim]")
+def run_step(step: Step, console: Console, redo: str = "") -> None:
+    """Run one step in its own process unless its output already exists (or ``redo`` says why)."""
+    command = escape(step.describe())  # overrides such as [a,b] are not markup
+    if step.output.is_file() and not redo:
+        console.print(f"[dim]skip (done): {command}[/dim]", soft_wrap=True)
         return
-    console.print(f"[bold]run:[/bold] {step.describe()}")
+    reason = f" ({redo})" if redo else ""
+    console.print(f"[bold]run:[/bold] {command}{reason}", soft_wrap=True)
     proc = subprocess.run([sys.executable, "-m", step.tool, *step.overrides], check=False)
     if proc.returncode != 0:
         raise CdkdError(f"step failed (exit {proc.returncode}): {step.describe()}")
@@ -116,8 +163,34 @@ def run_step(step: Step, console: Console) -> None:
         raise CdkdError(f"step finished without writing {step.output}: {step.describe()}")
 
 
-def collect_results(pipeline: Plan) -> dict[str, Any]:
-    """Table III block of the model (per-image averaged) from the evaluations' metrics."""
+def select(pipeline: Plan) -> dict[str, Any]:
+    """Choose lambda among the finished students and record it in ``selection.json``."""
+    from cdkd.analysis.sweep import select_lambda
+
+    selection = select_lambda(pipeline.students)
+    write_json_atomic(pipeline.selection, selection)
+    return selection
+
+
+def evaluated_other_student(metrics_file: Path, selection: dict[str, Any]) -> bool:
+    """Whether an existing MTKD evaluation scored another checkpoint than the selected one."""
+    if not metrics_file.is_file():
+        return False
+    try:
+        recorded = Path(json.loads(metrics_file.read_text())["checkpoint"])
+    except (ValueError, KeyError, TypeError):
+        return True
+    return recorded.resolve() != (Path(selection["selected"]["run"]) / "best.ckpt").resolve()
+
+
+def collect_results(pipeline: Plan, selection: dict[str, Any]) -> dict[str, Any]:
+    """Table III block of the model (per-image averaged) from the evaluations' metrics.
+
+    The MTKD row is the selected student's; ``lambda_selection`` holds the grid with each
+    student's validation metrics, M_O's for comparison, and the rule.
+    """
+    from cdkd.analysis.sweep import validation_metrics
+
     eval_cfg = pipeline.eval_cfg
     details = {
         label: json.loads(pipeline.metrics[strategy].read_text())
@@ -127,7 +200,7 @@ def collect_results(pipeline: Plan) -> dict[str, Any]:
         "model": eval_cfg.model.name,
         "data": eval_cfg.data.name,
         "partition": eval_cfg.partition.name,
-        "lambda": float(eval_cfg.distill["lambda"]),
+        "lambda": selection["selected"]["lambda"],
         "split": "test",
         "averaging": "per-image",
         "rows": {
@@ -136,26 +209,47 @@ def collect_results(pipeline: Plan) -> dict[str, Any]:
         },
         "routing": details["O-P"].get("routing"),
         "pooled": {label: d["pooled"] for label, d in details.items()},
+        "lambda_selection": {
+            **selection,
+            "baseline_val": validation_metrics(pipeline.baseline),
+            "file": str(pipeline.selection),
+        },
     }
 
 
-def write_results(results: dict[str, Any], eval_cfg: DictConfig) -> tuple[Path, str]:
+def titles(results: dict[str, Any]) -> tuple[str, str]:
+    """Titles of the test Table III block and of the lambda-vs-validation table."""
+    test = (
+        f"{results['model']} on {results['data']} test ({results['partition']} teachers, "
+        f"lambda={results['lambda']:g} selected on validation; per-image averaged, %)"
+    )
+    val = (
+        f"{results['model']} on {results['data']} validation: M_O and the student at each "
+        "lambda (per-image averaged, %)"
+    )
+    return test, val
+
+
+def write_results(results: dict[str, Any], eval_cfg: DictConfig) -> Path:
     """Write ``results<suffix>.json`` and ``.md`` next to the model's runs."""
+    from cdkd.analysis.sweep import selection_markdown
     from cdkd.analysis.tables import strategy_markdown
 
     stem = Path(eval_cfg.model_dir) / f"results{eval_cfg.partition.run_suffix}"
-    title = (
-        f"{results['model']} on {results['data']} test "
-        f"({results['partition']} teachers, lambda={results['lambda']:g}; per-image averaged, %)"
-    )
-    markdown = strategy_markdown(results["rows"], title)
+    test_title, val_title = titles(results)
+    selection = results["lambda_selection"]
+    markdown = strategy_markdown(results["rows"], test_title) + "\n"
+    markdown += selection_markdown(selection, selection["baseline_val"], val_title)
     write_json_atomic(stem.with_suffix(".json"), results)
     write_text_atomic(stem.with_suffix(".md"), markdown)
-    return stem, title
+    return stem
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the pipeline for the overrides in ``argv`` and print the Table III block."""
+    from rich.columns import Columns
+
+    from cdkd.analysis.sweep import selection_table
     from cdkd.analysis.tables import strategy_table
 
     overrides = list(sys.argv[1:] if argv is None else argv)
@@ -164,10 +258,27 @@ def main(argv: list[str] | None = None) -> None:
         pipeline = plan(overrides)
         for step in pipeline.steps:
             run_step(step, console)
-        results = collect_results(pipeline)
-        stem, title = write_results(results, pipeline.eval_cfg)
+        selection = select(pipeline)
+        console.print(
+            f"lambda={selection['selected']['lambda']:g} selected on validation "
+            f"({selection['rule']}): {escape(str(pipeline.selection))}",
+            soft_wrap=True,
+        )
+        stale = evaluated_other_student(pipeline.mtkd.output, selection)
+        run_step(pipeline.mtkd, console, "the selected student changed" if stale else "")
+        results = collect_results(pipeline, selection)
+        stem = write_results(results, pipeline.eval_cfg)
     except CdkdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    console.print(strategy_table(results["rows"], title))
+    test_title, val_title = titles(results)
+    val = results["lambda_selection"]
+    console.print(
+        Columns(
+            [
+                strategy_table(results["rows"], test_title),
+                selection_table(val, val["baseline_val"], val_title),
+            ]
+        )
+    )
     console.print(f"results written to {stem}.md and {stem}.json")

@@ -323,11 +323,14 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
-def finished_run(run_dir: Path, ckpt_path: str | None, schedule: Schedule) -> dict[str, Any] | None:
+def finished_run(
+    run_dir: Path, ckpt_path: str | None, schedule: Schedule, needs_test: bool = False
+) -> dict[str, Any] | None:
     """The recorded results when this run already reached its last step and was evaluated.
 
     So a re-launched stage, pipeline or multirun sweep skips members that are done instead
-    of evaluating them again; ``None`` means there is work left.
+    of evaluating them again; ``None`` means there is work left (``needs_test``: also when
+    the recorded results lack the test split, e.g. a student of the pipeline's grid).
     """
     metrics_file = run_dir / "metrics.json"
     if ckpt_path != str(run_dir / "last.ckpt") or not metrics_file.is_file():
@@ -341,6 +344,8 @@ def finished_run(run_dir: Path, ckpt_path: str | None, schedule: Schedule) -> di
         results["best_checkpoint"] = recorded["checkpoint"]
         if "test" in recorded:
             results["test/mIoU"] = recorded["test"]["per_image"]["mIoU"]
+        elif needs_test:
+            return None
     except (ValueError, KeyError, TypeError):
         log.warning("%s is not a run summary of this version: evaluating again", metrics_file)
         return None
@@ -447,7 +452,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     check_splits(cfg, datamodule)
     schedule = resolve_schedule(cfg, datamodule, world)
-    finished = finished_run(run_dir, ckpt_path, schedule)
+    finished = finished_run(run_dir, ckpt_path, schedule, bool(cfg.test_after_fit))
     if finished is not None:
         log.info("%s: already finished (delete metrics.json or resume=false to redo)", run_dir)
         return finished
@@ -494,25 +499,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val/mIoU": float(best_score) if best_score is not None else float("nan"),
         "best_checkpoint": best_path,
     }
-    if cfg.test_after_fit and best_path and trainer.is_global_zero:
-        summary = evaluate_best(cfg, datamodule, best_path, run_dir)
-        results["test/mIoU"] = summary["test"]["per_image"]["mIoU"]
+    if best_path and trainer.is_global_zero:
+        splits = ("val", "test") if cfg.test_after_fit else ("val",)
+        summary = evaluate_best(cfg, datamodule, best_path, run_dir, splits)
+        if "test" in summary:
+            results["test/mIoU"] = summary["test"]["per_image"]["mIoU"]
     return results
 
 
 def evaluate_best(
-    cfg: DictConfig, datamodule: Any, best_path: str, run_dir: Path
+    cfg: DictConfig,
+    datamodule: Any,
+    best_path: str,
+    run_dir: Path,
+    splits: tuple[str, ...] = ("val", "test"),
 ) -> dict[str, Any]:
     """Score the best checkpoint on val (what selected it) and test; write ``metrics.json``.
 
     Each split's full results (metrics, per-image CSV) go to ``run_dir/eval/<split>/``; the
-    run's ``metrics.json`` summarises both splits and records the checksums of the CAR
-    indexes of the data it saw.
+    run's ``metrics.json`` summarises the splits and records the checksums of the CAR
+    indexes of the data it saw. ``test_after_fit=false`` leaves test out (``splits=("val",)``),
+    so a run chosen among others on validation is never scored on test before the choice.
     """
     net = load_network(best_path, expected_model=cfg.model.name)
     device = "cuda" if uses_gpu(cfg) else "cpu"
     summary: dict[str, Any] = {"checkpoint": str(best_path), "stage": cfg.stage.name}
-    for split in ("val", "test"):
+    for split in splits:
         datamodule.setup("test" if split == "test" else "validate")
         result = evaluate(
             net,
@@ -524,7 +536,7 @@ def evaluate_best(
         )
         summary[split] = {k: result[k] for k in ("count", "per_image", "pooled")}
     summary["car_index_sha256"] = {
-        split: datamodule.index_checksum(split) for split in ("train", "val", "test")
+        split: _checksum(datamodule, split) for split in ("train", "val", "test")
     }
     write_json_atomic(run_dir / "metrics.json", summary)
     return summary
