@@ -15,10 +15,12 @@ import hashlib
 import logging
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -27,6 +29,8 @@ from cdkd.errors import CdkdError, CheckpointError, ConfigError, brief
 
 log = logging.getLogger(__name__)
 
+#: Seconds to wait for the hub's host before calling the network unreachable.
+PROBE_TIMEOUT = 5.0
 #: The command that downloads a model's pretrained parts ahead of time.
 FETCH = "python -m cdkd.weights fetch models=[{model}]"
 
@@ -173,9 +177,17 @@ def offline() -> bool:
 
 
 def download(source: Source, cache_dir: str | Path | None = None) -> Path:
-    """Download ``source`` into the hub cache (raises on any failure)."""
-    from huggingface_hub import hf_hub_download
+    """Download ``source`` into the hub cache (raises on any failure).
 
+    The hub's host is tried first with a short timeout, so a machine without network fails
+    at once instead of after the hub client's retries.
+    """
+    from huggingface_hub import constants, hf_hub_download
+
+    host = urlsplit(constants.ENDPOINT)
+    socket.create_connection(
+        (host.hostname or "huggingface.co", host.port or 443), timeout=PROBE_TIMEOUT
+    ).close()
     return Path(
         hf_hub_download(
             source.repo_id,
