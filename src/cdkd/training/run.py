@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import logging
@@ -22,7 +23,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cdkd.data.transforms import AUGMENTATIONS
 from cdkd.errors import CdkdError, ConfigError, DataError
@@ -172,6 +173,14 @@ def resolve_schedule(cfg: DictConfig, datamodule: Any) -> Schedule:
     per_epoch = max(1, math.ceil(len(datamodule.train_dataloader()) / world))
     steps = int(epochs["distill" if distill else "max"]) * per_epoch
     return Schedule(steps, int(epochs.warmup) * per_epoch, int(epochs.val_every) * per_epoch)
+
+
+def instantiate_datamodule(cfg: DictConfig, **overrides: Any) -> Any:
+    """The datamodule of ``cfg.data``, without ``data.pretrained`` (a setting for the model)."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg.data):
+        cfg.data.pop("pretrained", None)
+    return instantiate(cfg.data, **overrides)
 
 
 def pretrained_files(cfg: DictConfig) -> dict[str, Path]:
@@ -437,7 +446,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resume_checkpoint(cfg, run_dir)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_datamodule(cfg)
     check_splits(cfg, datamodule)
     schedule = resolve_schedule(cfg, datamodule)
     finished = finished_run(run_dir, ckpt_path, schedule)
