@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from cdkd.data import IMAGENET_MEAN, IMAGENET_STD, ChangeDataModule
 from cdkd.errors import ConfigError, DataError
+from cdkd.training.run import instantiate_datamodule
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -189,8 +189,8 @@ def test_training_batches_are_the_same_with_or_without_workers(
     assert len({b["image1"].numpy().tobytes() for b in alone}) > 1
 
 
-def _compose_data(name: str, data_dir: Path) -> object:
-    """The data config ``name`` resolved against minimal model/stage/partition/paths groups."""
+def _compose_data(name: str, data_dir: Path) -> DictConfig:
+    """The data config ``name`` in a root with minimal model/stage/partition/paths groups."""
     data = OmegaConf.load(CONF / "data" / f"{name}.yaml")
     assert data.pop("defaults")[0] in (
         {"/schedule@_global_.schedule": "short"},
@@ -209,7 +209,7 @@ def _compose_data(name: str, data_dir: Path) -> object:
             "data": data,
         }
     )
-    return root.data
+    return root
 
 
 @pytest.mark.parametrize(
@@ -219,7 +219,9 @@ def _compose_data(name: str, data_dir: Path) -> object:
 def test_data_configs_instantiate(
     tmp_path: Path, name: str, folder: str, val_from_train: int
 ) -> None:
-    dm = instantiate(_compose_data(name, tmp_path))
+    cfg = _compose_data(name, tmp_path)
+    assert cfg.data.pretrained is (name != "synthetic")  # real data starts pretrained
+    dm = instantiate_datamodule(cfg)
     assert isinstance(dm, ChangeDataModule)
     assert dm.name == name
     assert dm.root == tmp_path / folder
@@ -231,10 +233,10 @@ def test_data_configs_instantiate(
 
 
 def test_folder_config_needs_a_root(tmp_path: Path) -> None:
-    data = _compose_data("folder", tmp_path)
-    assert OmegaConf.is_missing(data, "root")
-    data.root = str(tmp_path)
-    assert instantiate(data).val_from_train == 0
+    cfg = _compose_data("folder", tmp_path)
+    assert OmegaConf.is_missing(cfg.data, "root")
+    cfg.data.root = str(tmp_path)
+    assert instantiate_datamodule(cfg).val_from_train == 0
     two = OmegaConf.load(CONF / "partition" / "two.yaml")
     assert (two.name, list(two.thresholds), list(two.buckets)) == ("two", [0.1], ["small", "large"])
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from cdkd.cli.common import config_dir
+from cdkd.training.run import instantiate_datamodule
 from factories import run_tool
 
 STAGES = ("baseline", "teacher_s")
@@ -38,7 +38,7 @@ def prepare_data(tmp_path: Path) -> None:
     """Write the smoke set once, so the members (running at once) only read it."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", ["experiment=smoke", f"paths.data_dir={tmp_path / 'data'}"])
-    instantiate(cfg.data).prepare_data()
+    instantiate_datamodule(cfg).prepare_data()
 
 
 def assert_members_finished(tmp_path: Path) -> Path:

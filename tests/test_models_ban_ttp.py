@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -89,7 +88,7 @@ def test_ban_loads_local_encoder_weights(tmp_path: Path) -> None:
     source = timm.create_model("vit_base_patch16_clip_quickgelu_224", **overrides)
     path = tmp_path / "clip.pth"
     torch.save(source.state_dict(), path)
-    model = create_model("ban_vit_b", encoder_weights=str(path), **BAN_SMALL)
+    model = create_model("ban_vit_b", backbone_weights={"encoder": str(path)}, **BAN_SMALL)
     # The whole released network loads, then blocks after the last tap and the final norm go.
     assert len(model.encoder.blocks) == BAN_SMALL["encoder_taps"][-1] + 1
     assert isinstance(model.encoder.norm, torch.nn.Identity)
@@ -99,25 +98,12 @@ def test_ban_loads_local_encoder_weights(tmp_path: Path) -> None:
 
 
 def test_missing_encoder_weights_file_is_a_checkpoint_error(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=r"clip\.pth: encoder weights file not found"):
-        create_model("ban_vit_b", encoder_weights=str(tmp_path / "clip.pth"), **BAN_SMALL)
-
-
-def test_random_foundation_encoder_warns_with_the_timm_tag(
-    caplog: pytest.LogCaptureFixture, tmp_path: Path
-) -> None:
-    def warnings() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "cdkd.models.zoo.ban"]
-
-    with caplog.at_level(logging.WARNING, logger="cdkd.models.zoo.ban"):
-        create_model("ttp_sam_l", **TTP_SMALL)
-        assert len(warnings()) == 1 and "timm 'samvit_large_patch16.sa1b'" in warnings()[0]
-        source = timm.create_model("vit_base_patch16_224", num_classes=0, img_size=32, **SMALL_VIT)
-        path = tmp_path / "vit.pth"
-        torch.save(source.state_dict(), path)
-        caplog.clear()
-        create_model("ban_vit_b_in21k", encoder_weights=str(path), **BAN_SMALL)
-        assert warnings() == []
+    with pytest.raises(
+        CheckpointError, match=r"clip\.pth: ban_vit_b encoder weights file not found"
+    ):
+        create_model(
+            "ban_vit_b", backbone_weights={"encoder": str(tmp_path / "clip.pth")}, **BAN_SMALL
+        )
 
 
 def test_ttp_full_size_on_meta_device() -> None:
@@ -197,7 +183,7 @@ def test_ttp_loads_a_sam_release_file_and_resizes_positions(tmp_path: Path) -> N
     release["mask_decoder.iou_token.weight"] = torch.zeros(1, 4)
     path = tmp_path / "sam_vit_l_0b3195.pth"
     torch.save(release, path)
-    model = create_model("ttp_sam_l", encoder_weights=str(path), **TTP_SMALL)
+    model = create_model("ttp_sam_l", backbone_weights=str(path), **TTP_SMALL)
     own, src = model.encoder.state_dict(), source.state_dict()
     torch.testing.assert_close(own["patch_embed.proj.weight"], src["patch_embed.proj.weight"])
     torch.testing.assert_close(
@@ -237,4 +223,4 @@ def test_runs_on_the_meta_device(name: str) -> None:
 
 def test_ban_rejects_a_wrong_number_of_taps() -> None:
     with pytest.raises(ConfigError, match="encoder_taps must be 3 increasing block indices"):
-        BAN("vit_base_patch16_224", "augreg_in21k", 32, (1, 2), encoder_overrides=SMALL_VIT)
+        BAN("vit_base_patch16_224", 32, (1, 2), encoder_overrides=SMALL_VIT)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
-from typing import Any
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cdkd.models import backbones, create_model
-from cdkd.models.zoo import cgnet, ifn
+from cdkd.models.zoo import cgnet
 
 #: Parameter counts of the Open-CD builds (model_zoo.md 2.3 and 2.12).
 EXACT_PARAMS = {"ifn": 35_994_813, "cgnet": 38_989_317}
@@ -84,35 +83,28 @@ def test_ifn_outputs_full_resolution_and_side_outputs_at_strides_16_to_2() -> No
     assert create_model("ifn").forward_with_aux(x1, x2)[1] == []
 
 
-def test_ifn_encoder_trains_when_randomly_initialised(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger=ifn.__name__):
-        model = create_model("ifn")
+def test_ifn_encoder_trains_when_randomly_initialised() -> None:
+    model = create_model("ifn")
     assert all(p.requires_grad for p in model.encoder.parameters())
-    assert "randomly initialised and trained" in caplog.text
 
 
-def _fake_timm(calls: list[tuple[str, bool]]) -> Any:
-    """Stand-in for ``timm.create_model`` returning VGG features filled with a known value."""
-
-    def create(name: str, pretrained: bool = False) -> SimpleNamespace:
-        calls.append((name, pretrained))
-        features = backbones.vgg16_features(batch_norm=name.endswith("_bn"))
-        for tensor in features.state_dict().values():
-            tensor.fill_(MARK)
-        return SimpleNamespace(features=features)
-
-    return create
+def _vgg_file(tmp_path: Path, batch_norm: bool) -> Path:
+    """A VGG-16 ``features.N`` state dict (timm's and torchvision's keys) filled with MARK."""
+    features = backbones.vgg16_features(batch_norm=batch_norm)
+    state = {f"features.{k}": torch.full_like(v, MARK) for k, v in features.state_dict().items()}
+    state["head.fc.weight"] = torch.zeros(2, 4)  # a classifier, not part of the encoder
+    path = tmp_path / "vgg.pth"
+    torch.save(state, path)
+    return path
 
 
 def test_ifn_pretrained_loads_imagenet_vgg_and_freezes_it(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    calls: list[tuple[str, bool]] = []
-    monkeypatch.setattr(backbones.timm, "create_model", _fake_timm(calls))
-    with caplog.at_level(logging.INFO, logger=ifn.__name__):
-        model = create_model("ifn", pretrained=True).train()
-    assert calls == [("vgg16", True)]
-    assert "frozen" in caplog.text
+    path = _vgg_file(tmp_path, batch_norm=False)
+    with caplog.at_level(logging.INFO, logger="cdkd.models.pretrained"):
+        model = create_model("ifn", pretrained=True, backbone_weights=str(path)).train()
+    assert "frozen" in caplog.text and str(path) in caplog.text
     assert all((p == MARK).all() and not p.requires_grad for p in model.encoder.parameters())
     assert all(p.requires_grad for p in model.levels.parameters())
     model(*_pair()).mean().backward()
@@ -120,13 +112,9 @@ def test_ifn_pretrained_loads_imagenet_vgg_and_freezes_it(
     assert model.head.weight.grad is not None
 
 
-def test_cgnet_pretrained_loads_imagenet_vgg_bn_and_keeps_it_trainable(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    calls: list[tuple[str, bool]] = []
-    monkeypatch.setattr(backbones.timm, "create_model", _fake_timm(calls))
-    model = create_model("cgnet", pretrained=True)
-    assert calls == [("vgg16_bn", True)]
+def test_cgnet_pretrained_loads_imagenet_vgg_bn_and_keeps_it_trainable(tmp_path: Path) -> None:
+    path = _vgg_file(tmp_path, batch_norm=True)
+    model = create_model("cgnet", pretrained=True, backbone_weights=str(path))
     assert all((p == MARK).all() and p.requires_grad for p in model.encoder.parameters())
 
 

@@ -29,6 +29,7 @@ from cdkd.training.run import (
     check_config,
     check_splits,
     finished_run,
+    instantiate_datamodule,
     resume_checkpoint,
     train,
 )
@@ -85,20 +86,18 @@ def _split_cfg(root: Path, *overrides: str) -> DictConfig:
 
 def test_validation_on_the_test_split_is_an_error(dataset_factory: Callable[..., Path]) -> None:
     root = dataset_factory({"train": 4, "val": 2, "test": 2})
-    from hydra.utils import instantiate
-
     cfg = _split_cfg(root)
-    check_splits(cfg, instantiate(cfg.data))  # distinct splits pass
+    check_splits(cfg, instantiate_datamodule(cfg))  # distinct splits pass
     cfg = _split_cfg(root, "data.splits.val=test")
     with pytest.raises(ConfigError, match="val and test are both 'test'"):
-        check_splits(cfg, instantiate(cfg.data))
+        check_splits(cfg, instantiate_datamodule(cfg))
     os.symlink(root / "test", root / "holdout")  # the same files under another name
     cfg = _split_cfg(root, "data.splits.val=holdout")
     with pytest.raises(ConfigError, match="shares 2 pair"):
-        check_splits(cfg, instantiate(cfg.data))
+        check_splits(cfg, instantiate_datamodule(cfg))
     for overrides in (["callbacks.model_checkpoint.monitor=test/mIoU"], ["optimized_metric=x"]):
         with pytest.raises(ConfigError, match="must use a val/ metric"):
-            check_splits(_split_cfg(root, *overrides), instantiate(cfg.data))
+            check_splits(_split_cfg(root, *overrides), instantiate_datamodule(cfg))
 
 
 def test_train_refuses_test_selection_before_writing_checkpoints(
@@ -106,7 +105,7 @@ def test_train_refuses_test_selection_before_writing_checkpoints(
 ) -> None:
     root = dataset_factory({"train": 4, "val": 2, "test": 2})
     run_dir = tmp_path / "run"
-    cfg = _split_cfg(root, "data.splits.val=test", f"run_dir={run_dir}")
+    cfg = _split_cfg(root, "data.splits.val=test", f"run_dir={run_dir}", "model.pretrained=false")
     with pytest.raises(ConfigError):
         train(cfg)
     assert not list(run_dir.glob("*.ckpt"))

@@ -125,9 +125,9 @@ class Analysis:
 
     def data_module(self) -> Any:
         """The dataset of the configuration (synthetic data generated if needed)."""
-        from hydra.utils import instantiate
+        from cdkd.training.run import instantiate_datamodule
 
-        datamodule = instantiate(self.cfg.data, bucket=None)
+        datamodule = instantiate_datamodule(self.cfg, bucket=None)
         datamodule.prepare_data()
         return datamodule
 

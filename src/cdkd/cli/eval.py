@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -108,7 +107,7 @@ def main(cfg: DictConfig) -> None:
     from cdkd.inference.evaluate import run_evaluation, write_evaluation
     from cdkd.inference.origin_partition import routing_confusion
     from cdkd.training.checkpoints import load_network
-    from cdkd.training.run import partition_scheme
+    from cdkd.training.run import instantiate_datamodule, partition_scheme
 
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split '{cfg.split}' must be train, val or test")
@@ -130,7 +129,7 @@ def main(cfg: DictConfig) -> None:
         model = load_network(checkpoint, expected_model=cfg.model.name)
         extra["checkpoint"] = str(checkpoint)
 
-    datamodule = instantiate(cfg.data, bucket=None)
+    datamodule = instantiate_datamodule(cfg, bucket=None)
     datamodule.setup("test" if cfg.split == "test" else "validate")
     loader = datamodule.dataloader(cfg.split)
     predictions = f"{cfg.out_dir}/predictions" if cfg.save_predictions else None

@@ -6,7 +6,7 @@ constructor arguments, so one class can back several sizes (``changer_b0``/``cha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +15,7 @@ import torch
 
 from cdkd.errors import CheckpointError, brief
 from cdkd.models.base import ChangeModel
+from cdkd.models.pretrained import load_pretrained, resolve_all
 
 M = TypeVar("M", bound=type[ChangeModel])
 
@@ -29,7 +30,7 @@ class ModelInfo:
         paper_params: Table II parameter count in millions (the true count where Table II's
             value carries the x1.024 unit slip).
         paper_gflops: Table II computation at 512x512 in G (multiply-adds), or None.
-        pretrained: where ``pretrained=true`` loads backbone weights from ("none" if nothing).
+        pretrained: the pretrained weights the network starts from ("none" if nothing).
         distill_target: which head output the student stage distils.
         test_overrides: constructor overrides that shrink the network for quick tests (e.g.
             fewer blocks); the size test always uses the real configuration.
@@ -119,7 +120,11 @@ def read_state_dict(path: str | Path, model: str | None = None) -> dict[str, tor
 
 
 def create_model(
-    name: str, weights: str | Path | None = None, pretrained: bool = False, **overrides: Any
+    name: str,
+    weights: str | Path | None = None,
+    pretrained: bool = False,
+    backbone_weights: str | Path | Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> ChangeModel:
     """Build a registered model.
 
@@ -127,17 +132,23 @@ def create_model(
         name: a name from :func:`list_models`.
         weights: optional local checkpoint to load (our own format, a Lightning checkpoint, or
             a release format the model class knows how to convert).
-        pretrained: load the backbone's ImageNet (or foundation-model) weights through timm/smp;
-            this needs a network connection, so it is off by default.
+        pretrained: start every pretrained part (:data:`cdkd.models.pretrained.PARTS`) from
+            its released weights: a ``backbone_weights`` file, else the hub cache, else a
+            download. Off by default: the network is randomly initialised.
+        backbone_weights: local weight files of the pretrained parts, a path for a
+            single-part network or ``{part: path}``; given parts load even without
+            ``pretrained``.
         **overrides: constructor arguments replacing the registered defaults.
     """
     entry = get_entry(name)
+    files = resolve_all(name, pretrained, backbone_weights)
     state = read_state_dict(weights, name) if weights is not None else None
     kwargs = dict(entry.defaults)
     if state is not None:
         kwargs.update(entry.cls.config_for_weights(state))
     kwargs.update(overrides)
-    model = entry.cls(pretrained=pretrained, **kwargs)
+    model = entry.cls(**kwargs)
+    load_pretrained(model, name, files)
     if state is not None:
         state = model.convert_state_dict(state)
         own = model.state_dict()

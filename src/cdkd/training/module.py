@@ -45,7 +45,10 @@ class ChangeDetectionModule(L.LightningModule):
         model: registry name of the network.
         model_kwargs: constructor overrides for :func:`cdkd.models.create_model`.
         weights: optional checkpoint loaded into the network before training.
-        pretrained: load the backbone's ImageNet weights (needs network).
+        pretrained: start the pretrained parts from their released weights (see
+            :func:`cdkd.models.create_model`).
+        backbone_weights: local weight files of the pretrained parts (a path, or
+            ``{part: path}``).
         loss: a loss name of :data:`cdkd.training.losses.LOSSES` (``ce``, ``ce_ohem``, ``bce``,
             ``bce_dice``, ``bcl``) or a mapping ``{kind: ..., <option>: ...}``.
         aux_weights: weights of the training-only auxiliary heads (deep supervision); when
@@ -74,6 +77,7 @@ class ChangeDetectionModule(L.LightningModule):
         model_kwargs: Mapping[str, Any] | None = None,
         weights: str | None = None,
         pretrained: bool = False,
+        backbone_weights: str | Mapping[str, str] | None = None,
         loss: str | Mapping[str, Any] = "ce",
         aux_weights: Sequence[float] = (),
         aux_loss: str | Mapping[str, Any] | None = None,
@@ -96,7 +100,11 @@ class ChangeDetectionModule(L.LightningModule):
         if aux_weights:
             kwargs["aux_heads"] = True
         self.net: ChangeModel = create_model(
-            model, weights=weights, pretrained=pretrained, **kwargs
+            model,
+            weights=weights,
+            pretrained=pretrained,
+            backbone_weights=backbone_weights,
+            **kwargs,
         )
         self.criterion = build_loss(loss)
         self.aux_criterion = build_loss(aux_loss) if aux_loss is not None else self.criterion

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import logging
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +23,7 @@ from lightning.pytorch.accelerators import Accelerator, AcceleratorRegistry
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cdkd.data.datamodule import process_batch_size
 from cdkd.data.io import check_label_threshold
@@ -29,6 +31,7 @@ from cdkd.data.transforms import AUGMENTATIONS
 from cdkd.errors import CdkdError, ConfigError, DataError, brief
 from cdkd.files import write_json_atomic, write_text_atomic
 from cdkd.inference.evaluate import evaluate
+from cdkd.models.pretrained import random_parts, resolve_all
 from cdkd.partition import PartitionScheme
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
 from cdkd.training.checkpoints import load_network, read_hparams, teacher_paths
@@ -88,6 +91,11 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.resume not in RESUME_MODES:
         raise ConfigError(f"resume '{cfg.resume}' must be auto, true or false")
     model = cfg.model
+    if "encoder_weights" in (model.get("kwargs") or {}):
+        raise ConfigError(
+            "model.kwargs.encoder_weights was replaced by model.backbone_weights (a path, or "
+            "{encoder: PATH, side: PATH} for BAN)"
+        )
     if number(cfg, "model.optimizer.lr", float) <= 0:
         raise ConfigError(f"model.optimizer.lr = {model.optimizer.lr} must be > 0")
     if number(cfg, "data.batch_size", int) < 1:
@@ -211,8 +219,46 @@ def resolve_schedule(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> S
     return Schedule(steps, int(epochs.warmup) * per_epoch, int(epochs.val_every) * per_epoch)
 
 
-def build_module(cfg: DictConfig, schedule: Schedule) -> ChangeDetectionModule:
-    """The LightningModule of the configured stage, with provenance recorded in its hparams."""
+def instantiate_datamodule(cfg: DictConfig, **overrides: Any) -> Any:
+    """The datamodule of ``cfg.data``, without ``data.pretrained`` (a setting for the model)."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg.data):
+        cfg.data.pop("pretrained", None)
+    return instantiate(cfg.data, **overrides)
+
+
+def pretrained_files(cfg: DictConfig) -> dict[str, Path]:
+    """The weight file of each pretrained part the run starts from, found before data is read.
+
+    The student starts from M_O and ``model.weights`` replaces every weight, so neither loads
+    pretrained parts. On a real dataset, a part that the reference recipe starts pretrained
+    but that stays random is logged as a warning.
+    """
+    model = cfg.model
+    if cfg.stage.kind == "distill" or model.weights is not None:
+        return {}
+    files = resolve_all(model.name, bool(model.pretrained), _plain(model.get("backbone_weights")))
+    if cfg.data.get("synthetic") is None:
+        for part in random_parts(model.name, files):
+            log.warning(
+                "%s: %s (%s %s) starts from random weights, but the reference recipe loads them; "
+                "set model.pretrained=true or model.backbone_weights",
+                model.name,
+                part.name,
+                part.module,
+                part.tag.replace(":", " "),
+            )
+    return files
+
+
+def build_module(
+    cfg: DictConfig, schedule: Schedule, files: Mapping[str, Path] | None = None
+) -> ChangeDetectionModule:
+    """The LightningModule of the configured stage, with provenance recorded in its hparams.
+
+    ``files`` are the pretrained parts' weight files (:func:`pretrained_files`).
+    """
+    files = dict(files or {})
     model = cfg.model
     meta = {
         "stage": cfg.stage.name,
@@ -225,7 +271,8 @@ def build_module(cfg: DictConfig, schedule: Schedule) -> ChangeDetectionModule:
         "model": model.name,
         "model_kwargs": _plain(model.kwargs),
         "weights": model.weights,
-        "pretrained": bool(model.pretrained),
+        "pretrained": bool(files) and bool(model.pretrained),
+        "backbone_weights": {part: str(path) for part, path in files.items()} or None,
         "loss": _plain(model.loss),
         "aux_weights": list(model.get("aux_weights") or []),
         "aux_loss": _plain(model.get("aux_loss")),
@@ -432,6 +479,7 @@ def _checksum(datamodule: Any, split: str) -> str | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one stage as configured; returns the best validation metrics (and test, if run)."""
     check_config(cfg)
+    files = pretrained_files(cfg)  # a missing weight file stops the run before anything is written
     # Lightning prints through its own handler; stop a second copy via Hydra's root handler.
     logging.getLogger("lightning.pytorch").propagate = False
     # The run folder always holds config.yaml before the first checkpoint: expected, not news.
@@ -449,14 +497,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resume_checkpoint(cfg, run_dir)
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate_datamodule(cfg)
     check_splits(cfg, datamodule)
     schedule = resolve_schedule(cfg, datamodule, world)
     finished = finished_run(run_dir, ckpt_path, schedule, bool(cfg.test_after_fit))
     if finished is not None:
         log.info("%s: already finished (delete metrics.json or resume=false to redo)", run_dir)
         return finished
-    module = build_module(cfg, schedule)
+    module = build_module(cfg, schedule, files)
     if rank_zero_only.rank == 0:
         write_provenance(run_dir, datamodule, module, ckpt_path)
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]

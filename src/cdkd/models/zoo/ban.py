@@ -14,9 +14,7 @@ printed 115.712 with the paper's x1.024 unit slip) and 254.987 M (ViT-L, printed
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -26,12 +24,10 @@ from timm.layers import LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cdkd.errors import CheckpointError, ConfigError, brief
+from cdkd.errors import ConfigError
 from cdkd.models.backbones import mix_transformer
 from cdkd.models.base import ChangeModel
 from cdkd.models.registry import ModelInfo, register_model
-
-log = logging.getLogger(__name__)
 
 #: Side-branch stages (0-based) after which a foundation-model map is fused in, one per tap.
 FUSED_STAGES = (1, 2, 3)
@@ -50,39 +46,6 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
-    )
-
-
-def pretrained_timm(name: str, weights: str | Path | None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, pretrained=True)``, from a local file when ``weights`` is given.
-
-    ``name`` carries the weight tag (``model.tag``). A local file goes through timm's own
-    checkpoint filter for that model, so the original release formats (SAM's ``sam_vit_*.pth``,
-    open_clip's CLIP files, Google's ``.npz`` ViT weights) load as well as timm's files.
-    """
-    if weights is None:
-        return timm.create_model(name, pretrained=True, **kwargs)
-    path = Path(weights)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: encoder weights file not found")
-    overlay = {"file": str(path), "custom_load": path.suffix == ".npz"}
-    try:
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(
-            f"{path}: not loadable as timm '{name}' weights ({brief(exc)})"
-        ) from exc
-
-
-def warn_random_encoder(model: str, timm_name: str) -> None:
-    """Log that a frozen foundation encoder was built without its pretrained weights."""
-    log.warning(
-        "%s: the frozen encoder is randomly initialised, so training would be meaningless; set "
-        "model.pretrained=true (downloads timm '%s') or model.kwargs.encoder_weights=<local "
-        "weights file of timm '%s'> (ignore this when a trained checkpoint is loaded next)",
-        model,
-        timm_name,
-        timm_name,
     )
 
 
@@ -135,11 +98,9 @@ class Bridge(nn.Module):
 class AdapterBranch(nn.Module):
     """The Bi-TAB: a MiT encoder whose stages 2-4 take in the foundation-model maps."""
 
-    def __init__(
-        self, variant: str, fm_channels: int, pretrained: bool, grad_checkpointing: bool
-    ) -> None:
+    def __init__(self, variant: str, fm_channels: int, grad_checkpointing: bool) -> None:
         super().__init__()
-        self.mit = mix_transformer(variant, pretrained=pretrained)
+        self.mit = mix_transformer(variant)
         self.widths = [getattr(self.mit, f"patch_embed{i}").proj.out_channels for i in range(1, 5)]
         heads = [getattr(self.mit, f"block{i}")[0].attn.num_heads for i in range(1, 5)]
         self.bridges = nn.ModuleList(
@@ -221,7 +182,6 @@ _DISTILL_TARGET = "the decoder's 2-channel logits at 1/4 resolution"
         test_overrides=_TEST_OVERRIDES,
     ),
     encoder="vit_base_patch16_clip_quickgelu_224",
-    encoder_tag="openai",
     encoder_resolution=224,
     encoder_taps=(2, 5, 8),
 )
@@ -237,7 +197,6 @@ _DISTILL_TARGET = "the decoder's 2-channel logits at 1/4 resolution"
         test_overrides=_TEST_OVERRIDES,
     ),
     encoder="vit_base_patch16_224",
-    encoder_tag="augreg_in21k",
     encoder_resolution=224,
     encoder_taps=(5, 8, 11),
 )
@@ -253,7 +212,6 @@ _DISTILL_TARGET = "the decoder's 2-channel logits at 1/4 resolution"
         test_overrides=_TEST_OVERRIDES,
     ),
     encoder="vit_large_patch14_clip_quickgelu_336",
-    encoder_tag="openai",
     encoder_resolution=336,
     encoder_taps=(5, 11, 17),
 )
@@ -274,14 +232,9 @@ class BAN(ChangeModel):
 
     Args:
         encoder: timm architecture of the frozen ViT.
-        encoder_tag: timm weight tag loaded by ``pretrained`` (``<encoder>.<encoder_tag>``).
         encoder_resolution: side the images are resized to for the ViT (bilinear).
         encoder_taps: 0-based ViT blocks whose outputs feed the bridges after side-branch
             stages 2, 3 and 4; blocks after the last tap are not built.
-        pretrained: load the ViT's weights (``<encoder>.<encoder_tag>``) through timm and smp's
-            ImageNet weights for the side branch; both download.
-        encoder_weights: local file of the ViT's weights (timm's format or the original
-            release, converted by timm's filter); takes precedence over the download.
         side_encoder: smp MiT variant of the Bi-TAB (``mit_b2`` in the JL1-CD runs).
         decoder_channels: width of the decoder's level embeddings.
         encoder_overrides: extra timm constructor arguments of the ViT (e.g. a narrower
@@ -295,11 +248,8 @@ class BAN(ChangeModel):
     def __init__(
         self,
         encoder: str,
-        encoder_tag: str,
         encoder_resolution: int,
         encoder_taps: Sequence[int],
-        pretrained: bool = False,
-        encoder_weights: str | None = None,
         side_encoder: str = "mit_b2",
         decoder_channels: int = 128,
         encoder_overrides: Mapping[str, Any] | None = None,
@@ -314,20 +264,13 @@ class BAN(ChangeModel):
             )
         self.encoder_resolution = int(encoder_resolution)
         self.encoder_taps = taps
-        timm_name = f"{encoder}.{encoder_tag}"
         kwargs = {"num_classes": 0, "img_size": self.encoder_resolution}
         kwargs.update(encoder_overrides or {})
-        if pretrained or encoder_weights is not None:
-            self.encoder = pretrained_timm(timm_name, encoder_weights, **kwargs)
-        else:
-            warn_random_encoder(type(self).__name__, timm_name)
-            self.encoder = timm.create_model(encoder, depth=taps[-1] + 1, **kwargs)
+        self.encoder = timm.create_model(encoder, depth=taps[-1] + 1, **kwargs)
         self.encoder.prune_intermediate_layers(taps, prune_norm=True, prune_head=True)
         self.encoder.requires_grad_(False)
 
-        self.branch = AdapterBranch(
-            side_encoder, self.encoder.embed_dim, pretrained, grad_checkpointing
-        )
+        self.branch = AdapterBranch(side_encoder, self.encoder.embed_dim, grad_checkpointing)
         self.decoder = BanDecoder(self.branch.widths, decoder_channels, self.out_channels)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:

@@ -119,17 +119,13 @@ class BIT(ChangeModel):
     Input height and width must be multiples of 8. Follows Open-CD's ``BITHead``, which differs
     from the authors' BIT_CD (torchvision 7x7 stem and dilated third stage there, no ReLU after
     the tokenizer conv, a two-conv classifier).
-
-    Args:
-        pretrained: initialise the backbone from timm's ImageNet ``resnet18d`` weights
-            (downloads them); random init otherwise.
     """
 
     out_channels = 2
 
-    def __init__(self, pretrained: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.backbone = resnet_v1c(18, out_indices=(LAST_STAGE,), pretrained=pretrained)
+        self.backbone = resnet_v1c(18, out_indices=(LAST_STAGE,))
         # Open-CD configures the third stage with stride 1 and no dilation (output stride 8).
         first_block = self.backbone[f"layer{LAST_STAGE}"][0]
         first_block.conv1.stride = (1, 1)

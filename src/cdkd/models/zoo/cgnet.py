@@ -110,17 +110,15 @@ class CGNet(ChangeModel):
     :attr:`unused`, frozen since they never receive gradients.
 
     Args:
-        pretrained: initialise the encoder with timm's ImageNet VGG-16-BN weights (downloads
-            them), as the reference does; random init otherwise. The encoder is trained either way.
         aux_heads: also return the change prior from :meth:`forward_with_aux`.
     """
 
     out_channels = 1
 
-    def __init__(self, pretrained: bool = False, aux_heads: bool = False) -> None:
+    def __init__(self, aux_heads: bool = False) -> None:
         super().__init__()
         self.aux_heads = aux_heads
-        self.encoder = vgg16_features(batch_norm=True, pretrained=pretrained)[:ENCODER_LAYERS]
+        self.encoder = vgg16_features(batch_norm=True)[:ENCODER_LAYERS]
         self.reduce = nn.ModuleList(_conv_bn_relu(2 * w, w) for w in FUSED_WIDTHS)
         deepest = FUSED_WIDTHS[-1]
         self.prior_head = nn.Sequential(

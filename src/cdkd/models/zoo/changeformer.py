@@ -39,14 +39,13 @@ class MiTStages(nn.Module):
 
     Args:
         variant: an smp MiT name (:data:`MIT_VARIANTS`).
-        pretrained: load smp's ImageNet weights (downloads them).
     """
 
-    def __init__(self, variant: str, pretrained: bool = False) -> None:
+    def __init__(self, variant: str) -> None:
         super().__init__()
         if variant not in MIT_VARIANTS:
             raise ConfigError(f"MiT variant must be one of {list(MIT_VARIANTS)}, got {variant!r}")
-        encoder = mix_transformer(variant, pretrained=pretrained)
+        encoder = mix_transformer(variant)
         for name, module in encoder.named_children():
             self.add_module(name, module)
         #: Output channels of the four stages.
@@ -162,17 +161,14 @@ class ChangeFormer(ChangeModel):
 
     Args:
         variant: smp MiT variant, ``mit_b0`` or ``mit_b1`` for the Table II rows.
-        pretrained: load smp's ImageNet MiT weights (downloads them); random init otherwise.
         channels: width of the decoder.
     """
 
     out_channels = 2
 
-    def __init__(
-        self, variant: str = "mit_b0", pretrained: bool = False, channels: int = 256
-    ) -> None:
+    def __init__(self, variant: str = "mit_b0", channels: int = 256) -> None:
         super().__init__()
-        self.backbone = MiTStages(variant, pretrained=pretrained)
+        self.backbone = MiTStages(variant)
         self.head = SegFormerHead(
             [2 * width for width in self.backbone.widths], channels, self.out_channels
         )

@@ -101,16 +101,14 @@ class ResNetStages(nn.Module):
         return self.get_submodule(f"layer{index + 1}")(x)
 
 
-def build_backbone(name: str, pretrained: bool) -> MiTStages | ResNetStages:
+def build_backbone(name: str) -> MiTStages | ResNetStages:
     """The stage-wise backbone ``name`` (an smp MiT variant or one of :data:`RESNETS`)."""
     if name in MIT_VARIANTS:
-        return MiTStages(name, pretrained=pretrained)
+        return MiTStages(name)
     if name == "resnet18":
-        return ResNetStages(resnet_v1c(18, pretrained=pretrained))
+        return ResNetStages(resnet_v1c(18))
     if name == "resnest50d":
-        network = timm.create_model(
-            name, pretrained=pretrained, features_only=True, out_indices=(1, 2, 3, 4)
-        )
+        network = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4))
         return ResNetStages(network)
     raise ConfigError(f"Changer backbone must be one of {[*MIT_VARIANTS, *RESNETS]}, got {name!r}")
 
@@ -214,12 +212,12 @@ def _info(family: str, backbone: str, params: float, gflops: float, pretrained: 
 )
 @register_model(
     "changer_r18",
-    info=_info("CNN", "ResNet-18", 11.391, 23.820, "timm resnet18d (ImageNet)"),
+    info=_info("CNN", "ResNet-18", 11.391, 23.820, "none (opt-in: timm resnet18d.ra2_in1k)"),
     backbone="resnet18",
 )
 @register_model(
     "changer_s50",
-    info=_info("CNN", "ResNeSt-50", 26.693, 67.241, "timm resnest50d (ImageNet)"),
+    info=_info("CNN", "ResNeSt-50", 26.693, 67.241, "none (opt-in: timm resnest50d.in1k)"),
     backbone="resnest50d",
     channels=256,
 )
@@ -234,11 +232,10 @@ class Changer(ChangeModel):
     (0.1), but LayerNorm eps 1e-5 instead of 1e-6 in the patch embeddings and the attention's
     spatial reduction. The reference trains the MiT models with a 10x head learning rate and no
     weight decay on the norms, which is an optimizer setting outside the network; its ResNet-18
-    and ResNeSt-50 models start from random weights (``pretrained=False``).
+    and ResNeSt-50 models start from random weights.
 
     Args:
         backbone: ``mit_b0``, ``mit_b1``, ``resnet18`` or ``resnest50d``.
-        pretrained: load the backbone's ImageNet weights through smp/timm (downloads them).
         channels: width of the head (128; 256 for ResNeSt-50).
         exchanges: interaction after each stage: ``none``, ``spatial`` or ``channel``.
     """
@@ -248,12 +245,11 @@ class Changer(ChangeModel):
     def __init__(
         self,
         backbone: str = "mit_b0",
-        pretrained: bool = False,
         channels: int = 128,
         exchanges: Sequence[str] = CHANGER_EX,
     ) -> None:
         super().__init__()
-        self.backbone = build_backbone(backbone, pretrained)
+        self.backbone = build_backbone(backbone)
         if len(exchanges) != len(self.backbone.widths) or not set(exchanges) <= set(EXCHANGES):
             raise ConfigError(
                 f"exchanges must name one of {sorted(EXCHANGES)} for each of the "

@@ -206,18 +206,16 @@ class ChangeStar(ChangeModel):
 
     Args:
         body: segmentation body, ``farseg`` or ``upernet``.
-        pretrained: initialise the ResNet-18 with timm's ImageNet ``resnet18d`` weights
-            (downloads them); random init otherwise.
         aux_heads: also return the t2->t1 logit from :meth:`forward_with_aux`.
     """
 
     out_channels = 1
 
-    def __init__(self, body: Body, pretrained: bool = False, aux_heads: bool = False) -> None:
+    def __init__(self, body: Body, aux_heads: bool = False) -> None:
         super().__init__()
         if body not in ("farseg", "upernet"):
             raise ConfigError(f"body must be 'farseg' or 'upernet', got {body!r}")
-        self.backbone = resnet_v1c(18, pretrained=pretrained)
+        self.backbone = resnet_v1c(18)
         self.body = FarSegBody() if body == "farseg" else UPerBody()
         self.mixin = nn.Sequential(
             nn.Conv2d(2 * BODY_CHANNELS, MIXIN_CHANNELS, 3, padding=1),

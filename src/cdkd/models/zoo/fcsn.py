@@ -58,17 +58,14 @@ class FullyConvCD(ChangeModel):
 
     Args:
         fusion: how the dates are combined: ``early``, ``conc`` or ``diff`` (see module doc).
-        pretrained: must be False; these networks have no pretrained backbone.
     """
 
     out_channels = 2
 
-    def __init__(self, fusion: Fusion, pretrained: bool = False) -> None:
+    def __init__(self, fusion: Fusion) -> None:
         super().__init__()
         if fusion not in ("early", "conc", "diff"):
             raise ConfigError(f"fusion must be 'early', 'conc' or 'diff', got {fusion!r}")
-        if pretrained:
-            raise ConfigError("FC-EF/FC-Siam have no pretrained weights; set pretrained=false")
         self.fusion = fusion
 
         in_channels = 6 if fusion == "early" else 3

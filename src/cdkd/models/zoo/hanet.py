@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cdkd.errors import ConfigError
 from cdkd.models.base import ChangeModel
 from cdkd.models.layers import ResidualBlock
 from cdkd.models.registry import ModelInfo, register_model
@@ -147,15 +146,12 @@ class HANet(ChangeModel):
 
     Args:
         base_channels: width of the first scale; scale ``i`` has ``base_channels * 2**i``.
-        pretrained: must be False; HANet has no pretrained backbone.
     """
 
     out_channels = 2
 
-    def __init__(self, base_channels: int = 40, pretrained: bool = False) -> None:
+    def __init__(self, base_channels: int = 40) -> None:
         super().__init__()
-        if pretrained:
-            raise ConfigError("HANet has no pretrained weights; set pretrained=false")
         widths = [base_channels * 2**scale for scale in range(SCALES)]
         self.stem = nn.Conv2d(3, widths[0], 5, padding=2)
         self.encoder = nn.ModuleList(

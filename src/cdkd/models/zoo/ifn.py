@@ -12,7 +12,6 @@ and 2) are deeply supervised during training.
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -22,8 +21,6 @@ from torch import nn
 from cdkd.models.backbones import tapped_features, vgg16_features
 from cdkd.models.base import ChangeModel
 from cdkd.models.registry import ModelInfo, register_model
-
-log = logging.getLogger(__name__)
 
 #: Output widths of VGG-16's 3x3 convolutions, one tuple per stage (a max-pool between stages).
 #: Encoder layers whose outputs feed the decoder (the last ReLU of each stage).
@@ -124,9 +121,9 @@ class IFN(ChangeModel):
 
     Encoder freezing: the reference always loads ImageNet VGG-16 weights and keeps the encoder
     frozen (in eval mode, which changes nothing for a VGG without BN or dropout). Here the
-    encoder is frozen only when ``pretrained=True`` loads those weights: a frozen random encoder
-    would be useless, so with the default random initialisation it is trained with the rest.
-    The choice is logged when the model is built.
+    encoder is frozen when its pretrained weights are loaded (:mod:`cdkd.models.pretrained`
+    does that and logs it): a frozen random encoder would be useless, so a randomly
+    initialised one is trained with the rest.
 
     The four side-output convs (strides 16, 8, 4 and 2) are built in every configuration: the
     reference computes them inside its network and Table II counts them (35.994813 M). They
@@ -137,24 +134,15 @@ class IFN(ChangeModel):
     unused-parameter check if left trainable.
 
     Args:
-        pretrained: load timm's ImageNet VGG-16 weights (downloads them) and freeze the encoder.
         aux_heads: return the four side outputs from :meth:`forward_with_aux`.
     """
 
     out_channels = 1
 
-    def __init__(self, pretrained: bool = False, aux_heads: bool = False) -> None:
+    def __init__(self, aux_heads: bool = False) -> None:
         super().__init__()
         self.aux_heads = aux_heads
-        self.encoder = vgg16_features(batch_norm=False, pretrained=pretrained)
-        if pretrained:
-            self.encoder.requires_grad_(False)
-            log.info("IFN: VGG-16 encoder loaded with ImageNet weights and frozen")
-        else:
-            log.info(
-                "IFN: VGG-16 encoder randomly initialised and trained "
-                "(it is frozen only with ImageNet weights, pretrained=true)"
-            )
+        self.encoder = vgg16_features(batch_norm=False)
         self.levels = nn.ModuleList(
             FusionLevel(widths, channel_attention=index > 0)
             for index, widths in enumerate(LEVEL_WIDTHS)

@@ -22,7 +22,6 @@ from timm.layers import LayerNorm2d
 from torch import nn
 from torchvision.models.shufflenetv2 import InvertedResidual, channel_shuffle
 
-from cdkd.errors import ConfigError
 from cdkd.models.base import ChangeModel
 from cdkd.models.registry import ModelInfo, register_model
 
@@ -176,17 +175,14 @@ class LightCDNet(ChangeModel):
     which runs them and discards the result. Input sides must be multiples of 16.
 
     Args:
-        pretrained: must be False; LightCDNet is trained from scratch.
         aux_heads: build the training-only FCN head (3x3 conv-BN-ReLU and a 1x1 classifier
             on the fused stride-2 map; Open-CD weights its cross-entropy by 0.4).
     """
 
     out_channels = 2
 
-    def __init__(self, pretrained: bool = False, aux_heads: bool = False) -> None:
+    def __init__(self, aux_heads: bool = False) -> None:
         super().__init__()
-        if pretrained:
-            raise ConfigError("LightCDNet has no pretrained weights; set pretrained=false")
         self.stem = nn.Sequential(
             nn.Conv2d(3, STEM_CHANNELS, 3, stride=2, padding=1, bias=False),
             LayerNorm2d(STEM_CHANNELS, eps=1e-5),

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cdkd.errors import ConfigError
 from cdkd.models.base import ChangeModel
 from cdkd.models.layers import ResidualBlock
 from cdkd.models.registry import ModelInfo, register_model
@@ -81,15 +80,12 @@ class SNUNet(ChangeModel):
 
     Args:
         base_channels: width of level 0; level ``i`` has ``base_channels * 2**i`` channels.
-        pretrained: must be False; SNUNet has no pretrained backbone.
     """
 
     out_channels = 2
 
-    def __init__(self, base_channels: int = 16, pretrained: bool = False) -> None:
+    def __init__(self, base_channels: int = 16) -> None:
         super().__init__()
-        if pretrained:
-            raise ConfigError("SNUNet has no pretrained weights; set pretrained=false")
         widths = [base_channels * 2**level for level in range(LEVELS)]
         self.encoder = nn.ModuleList(
             ResidualBlock(c_in, c_out)

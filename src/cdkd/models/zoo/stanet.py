@@ -60,18 +60,14 @@ class STANet(ChangeModel):
     Deliberate deviation: Open-CD thresholds the 1/4-resolution distance map and then resizes
     the resulting +-100 map to the label size; here the distance map is resized first and then
     thresholded (the usual path for every model), which can move a boundary by a pixel.
-
-    Args:
-        pretrained: initialise the ResNetV1c-18 from timm's ImageNet ``resnet18d`` weights
-            (downloads them); random init otherwise.
     """
 
     out_channels = 1
     output_space = "distance"
 
-    def __init__(self, pretrained: bool = False) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.backbone = resnet_v1c(18, out_indices=(1, 2, 3, 4), pretrained=pretrained)
+        self.backbone = resnet_v1c(18, out_indices=(1, 2, 3, 4))
         self.lateral = nn.ModuleList(conv_bn_relu(c, LATERAL_CHANNELS, 1) for c in LEVEL_CHANNELS)
         self.fuse = nn.Sequential(
             conv_bn_relu(LATERAL_CHANNELS * len(LEVEL_CHANNELS), EMBED_CHANNELS, 3),

@@ -117,8 +117,6 @@ class TinyCD(ChangeModel):
     Input height and width must be multiples of 8 (the masks are multiplied at strides 4, 2, 1).
 
     Args:
-        pretrained: initialise the EfficientNet-B4 layers with timm's ImageNet weights
-            (downloads them); random init otherwise.
         head_hidden: hidden widths of the classifier MLP between the 32 decoder channels and the
             single output: ``(16,)`` for Open-CD, ``(16, 8)`` for the authors' release.
         head_final_prelu: apply a PReLU to the output logit (Open-CD) or not (the authors' head,
@@ -129,14 +127,11 @@ class TinyCD(ChangeModel):
 
     def __init__(
         self,
-        pretrained: bool = False,
         head_hidden: Sequence[int] = (16,),
         head_final_prelu: bool = True,
     ) -> None:
         super().__init__()
-        effnet = timm.create_model(
-            "efficientnet_b4", pretrained=pretrained, drop_path_rate=DROP_PATH_RATE
-        )
+        effnet = timm.create_model("efficientnet_b4", drop_path_rate=DROP_PATH_RATE)
         self.stem = nn.Sequential(effnet.conv_stem, effnet.bn1)
         self.stages = nn.ModuleList(list(effnet.blocks)[:NUM_STAGES])
 

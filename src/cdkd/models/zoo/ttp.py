@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -27,7 +26,7 @@ from torch import nn
 
 from cdkd.models.base import ChangeModel
 from cdkd.models.registry import ModelInfo, register_model
-from cdkd.models.zoo.ban import conv_bn_relu, pretrained_timm, warn_random_encoder
+from cdkd.models.zoo.ban import conv_bn_relu
 
 #: LayerNorm epsilon of the SimpleFPN (mmpretrain's LN2d built through mmcv).
 FPN_LN_EPS = 1e-5
@@ -167,7 +166,7 @@ class MLPSegHead(nn.Module):
         return self.classifier(self.fuse(x))
 
 
-def _fit_positions(
+def fit_positions(
     state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Resize SAM's position tables in ``state`` to the shapes of ``target``.
@@ -187,24 +186,6 @@ def _fit_positions(
             value = F.interpolate(value.T[None], size=shape[0], mode="linear")[0].T
         fitted[key] = value.contiguous()
     return fitted
-
-
-def _sam_encoder(
-    name: str,
-    tag: str,
-    img_size: int,
-    load: bool,
-    weights: str | Path | None,
-    overrides: Mapping[str, Any],
-) -> nn.Module:
-    """timm's SAM image encoder built for ``img_size``, with its weights when ``load``."""
-    kwargs = {"num_classes": 0, **overrides}
-    encoder = timm.create_model(name, img_size=img_size, **kwargs)
-    if load:
-        # The release is for 1024 px; build it there, then resize its position tables.
-        source = pretrained_timm(f"{name}.{tag}", weights, **kwargs)
-        encoder.load_state_dict(_fit_positions(source.state_dict(), encoder.state_dict()))
-    return encoder
 
 
 @register_model(
@@ -248,11 +229,7 @@ class TimeTravellingPixels(ChangeModel):
     channels-last tokens (the same maps and parameter counts, with ``[out, in]`` weights).
 
     Args:
-        pretrained: load SAM ViT-L (timm ``samvit_large_patch16.sa1b``, downloads).
-        encoder_weights: local file of those weights (timm's file or SAM's release
-            ``sam_vit_l_0b3195.pth``, converted by timm's filter); takes precedence.
         encoder: timm architecture of the SAM encoder.
-        encoder_tag: timm weight tag loaded by ``pretrained``.
         img_size: side the encoder is built for (position tables sized for it).
         lora_rank, lora_alpha, lora_dropout: LoRA settings of every block's ``attn.qkv``.
         train_gates: let the time-travelling gates learn (default: frozen, see above).
@@ -268,10 +245,7 @@ class TimeTravellingPixels(ChangeModel):
 
     def __init__(
         self,
-        pretrained: bool = False,
-        encoder_weights: str | None = None,
         encoder: str = "samvit_large_patch16",
-        encoder_tag: str = "sa1b",
         img_size: int = 512,
         lora_rank: int = 16,
         lora_alpha: float = 32.0,
@@ -283,11 +257,8 @@ class TimeTravellingPixels(ChangeModel):
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        load = pretrained or encoder_weights is not None
-        if not load:
-            warn_random_encoder(type(self).__name__, f"{encoder}.{encoder_tag}")
-        self.encoder = _sam_encoder(
-            encoder, encoder_tag, img_size, load, encoder_weights, encoder_overrides or {}
+        self.encoder = timm.create_model(
+            encoder, img_size=img_size, num_classes=0, **(encoder_overrides or {})
         )
         self.encoder.requires_grad_(False)
         self.encoder.neck.requires_grad_(train_neck)
