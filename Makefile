@@ -7,7 +7,7 @@ MODEL ?= fc_siam_diff
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: help install test test-all lint format demo train pipeline pipeline-two sweep analyze bench clean
+.PHONY: help install test test-all lint format demo paper-dryrun train pipeline pipeline-two sweep analyze bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ format: install ## apply ruff fixes and formatting
 
 demo: install ## the whole O-P / MTKD pipeline (lambda chosen on validation) on synthetic data; prints Table III
 	$(BIN)/python -m cdkd.pipeline experiment=demo $(ARGS)
+
+paper-dryrun: install ## the real-data path (JL1-CD layout, local backbone weights, lambda grid) in minutes
+	$(BIN)/python scripts/paper_dryrun.py $(ARGS)
 
 train: install ## train one stage: make train MODEL=tinycd DATA=jl1cd ARGS="stage=teacher_s"
 	$(BIN)/python -m cdkd.train model=$(MODEL) data=$(DATA) $(ARGS)

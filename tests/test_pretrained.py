@@ -6,6 +6,7 @@ in ``tmp_path``; weight files are written there with random values.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 from pathlib import Path
@@ -23,7 +24,7 @@ from cdkd.cli.common import config_dir
 from cdkd.cli.weights import fetch, part_line
 from cdkd.errors import CheckpointError, ConfigError
 from cdkd.models import create_model, get_entry
-from cdkd.models.pretrained import PARTS, WeightsUnavailableError, parts_of, sha256
+from cdkd.models.pretrained import PARTS, WeightsUnavailableError, parts_of
 from cdkd.training.run import check_config, pretrained_files, train
 
 
@@ -271,7 +272,10 @@ def test_hub_cache_is_used_and_listed(_no_network: Path, capsys: pytest.CaptureF
     torch.testing.assert_close(model.backbone.state_dict()["norm4.weight"], state["norm4.weight"])
     line = part_line("changer_b0", parts_of("changer_b0")[0], _no_network)
     assert f"cached {path.resolve()}" in line or f"cached {path}" in line
-    assert f"sha256 {sha256(path)}" in line and "smp mit_b0.imagenet" in line
+    assert (
+        f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}" in line
+        and "smp mit_b0.imagenet" in line
+    )
     assert "not cached" in part_line("changer_b1", parts_of("changer_b1")[0], _no_network)
 
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cdkd.cli.common import command
 from cdkd.errors import ConfigError, brief
+from cdkd.files import sha256_of
 from cdkd.models import list_models
 from cdkd.models.pretrained import (
     PARTS,
@@ -29,7 +30,6 @@ from cdkd.models.pretrained import (
     download,
     hub_cache,
     offline,
-    sha256,
 )
 
 ACTIONS = ("list", "fetch")
@@ -53,7 +53,7 @@ def _file_line(path: Path | None, source: Source, cache: Path) -> str:
     """Where the cached copy of ``source`` is, with its size and SHA-256, or that none is."""
     if path is None:
         return f"not cached (looked in {cache_location(source, cache)})"
-    return f"cached {path} ({path.stat().st_size / 2**20:.1f} MiB, sha256 {sha256(path)})"
+    return f"cached {path} ({path.stat().st_size / 2**20:.1f} MiB, sha256 {sha256_of(path)})"
 
 
 def part_line(model: str, part: Part, cache: Path) -> str:

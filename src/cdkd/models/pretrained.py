@@ -11,7 +11,6 @@ prefix).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -273,15 +272,6 @@ def resolve_all(
         for part in parts_of(model)
         if pretrained or files[part.name] is not None
     }
-
-
-def sha256(path: Path) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- reading and converting ---------------------------------------------------------------------
