@@ -422,3 +422,17 @@ def test_student_trains_under_two_process_ddp(checkpoints: dict[str, Any]) -> No
     run_dir = root / "runs" / "synthetic" / "fc_siam_diff" / "student" / "lambda_0.001"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["val"]["count"] == 12 and metrics["test"]["count"] == 12
+
+
+def test_official_car_rule_counts_padding_as_change_and_uses_strict_bounds() -> None:
+    mask = torch.zeros(3, 10, 10, dtype=torch.long)
+    mask[0, :, :1] = 255  # 10% rotation padding, no change
+    mask[1, :5] = 1  # CAR exactly 0.5 with thresholds (0.05, 0.5)
+    mask[2, :1, :5] = 1  # CAR 0.05, on the first threshold
+    thresholds = (0.05, 0.5)
+    _, paper = route(mask, thresholds)
+    _, official = route(mask, thresholds, "official")
+    # paper: sample 0 has CAR 0 (small), 1 is medium (<= 0.5), 2 is small (<= 0.05)
+    assert paper == [2, 1, 0]
+    # official: padding makes 0 medium, 1 is large (not < 0.5), 2 is medium (not < 0.05)
+    assert official == [0, 2, 1]

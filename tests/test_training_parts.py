@@ -33,16 +33,22 @@ def test_ce_loss_ignores_padding_and_resizes() -> None:
     logits = torch.randn(2, 2, 4, 4)
     mask = torch.randint(0, 2, (2, 8, 8))
     mask[:, :4] = 255
-    loss = TaskLoss("ce")(logits, mask)
     up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
-    expected = F.cross_entropy(up[:, :, 4:], mask[:, 4:])
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    valid_mean = F.cross_entropy(up[:, :, 4:], mask[:, 4:])
+    # The official default (mmseg's avg_non_ignore=False): the valid pixels' loss summed and
+    # divided by every label pixel, here twice as many as the valid ones.
+    assert TaskLoss("ce")(logits, mask).item() == pytest.approx(valid_mean.item() / 2, rel=1e-5)
+    loss = TaskLoss("ce", average="valid")(logits, mask)
+    assert loss.item() == pytest.approx(valid_mean.item(), rel=1e-5)
 
 
-def test_bce_loss_averages_valid_pixels_only() -> None:
+def test_bce_loss_averages_over_all_or_valid_pixels() -> None:
     logits = torch.zeros(1, 1, 2, 2)
     mask = torch.tensor([[[1, 0], [255, 255]]])
-    assert TaskLoss("bce")(logits, mask).item() == pytest.approx(math.log(2))
+    assert TaskLoss("bce")(logits, mask).item() == pytest.approx(math.log(2) / 2)
+    assert TaskLoss("bce", average="valid")(logits, mask).item() == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match="unknown loss average 'median'"):
+        TaskLoss("bce", average="median")
 
 
 def test_bce_dice_default_is_mmseg_dice_on_a_one_channel_head() -> None:
@@ -52,7 +58,7 @@ def test_bce_dice_default_is_mmseg_dice_on_a_one_channel_head() -> None:
     # per image: image 1 has sum(p t) = 1, sum(p^2) = 1, sum(t^2) = 2; image 2 has no
     # unchanged pixel, so its Dice is 0.
     first = 1 - 2 * 1 / (1 + 1e-3 + 2 + 1e-3)
-    expected = math.log(2) + (first + 1.0) / 2
+    expected = math.log(2) * 7 / 8 + (first + 1.0) / 2  # BCE over all 8 label pixels
     assert TaskLoss("bce_dice")(logits, mask).item() == pytest.approx(expected, rel=1e-6)
     assert TaskLoss("bce_dice", dice="mmseg")(logits, mask).item() == pytest.approx(expected)
 
@@ -62,7 +68,7 @@ def test_bce_dice_binary_option_is_the_changed_class_dice_over_valid_pixels() ->
     mask = torch.tensor([[[1, 0], [255, 0]]])
     # Valid pixels: p sums to 1.5, the changed target to 1, their product to 0.5; smoothed by 1.
     expected = math.log(2) + 1 - (2 * 0.5 + 1) / (1.5 + 1 + 1)
-    loss = TaskLoss("bce_dice", dice="binary")(logits, mask)
+    loss = TaskLoss("bce_dice", dice="binary", average="valid")(logits, mask)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="unknown Dice term 'jaccard'"):
         TaskLoss("bce_dice", dice="jaccard")

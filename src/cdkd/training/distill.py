@@ -28,15 +28,27 @@ from cdkd.training.checkpoints import load_teacher, read_hparams
 from cdkd.training.losses import resize_logits
 from cdkd.training.module import ChangeDetectionModule
 
+#: How a training sample's CAR picks its teacher: ``paper``, changed / valid pixels with
+#: ``CAR <= th`` in the lower bucket (equation (3), as partitioning and O-P); ``official``, the
+#: official code's training-time rule: every non-zero label pixel (rotation padding included)
+#: counts as change and ``CAR < th`` is in the lower bucket.
+CAR_RULES = ("paper", "official")
 
-def route(mask: torch.Tensor, thresholds: Sequence[float]) -> tuple[torch.Tensor, list[int]]:
-    """Order the batch by CAR bucket: ``(order, counts)``.
+
+def route(
+    mask: torch.Tensor, thresholds: Sequence[float], car_rule: str = "paper"
+) -> tuple[torch.Tensor, list[int]]:
+    """Order the batch by CAR bucket (see :data:`CAR_RULES`): ``(order, counts)``.
 
     ``order`` lists sample positions grouped by bucket (stable within a bucket) and
     ``counts[k]`` is the number of samples in bucket ``k``, as Python ints so that splitting
     ``order`` on the device needs no synchronisation.
     """
-    buckets = bucket_of(change_area_ratio(mask), thresholds)
+    if car_rule == "official":
+        car = (mask.flatten(1) > 0).float().mean(1)
+        buckets = torch.bucketize(car, torch.as_tensor(thresholds, dtype=car.dtype), right=True)
+    else:
+        buckets = bucket_of(change_area_ratio(mask), thresholds)
     order = torch.argsort(buckets, stable=True)
     counts = torch.bincount(buckets, minlength=len(thresholds) + 1).tolist()
     return order, counts
@@ -76,6 +88,7 @@ class DistillationModule(ChangeDetectionModule):
         distill_lambda: weight of the distillation term (0 trains on the task loss alone).
         teacher_model: registry name of the teachers (defaults to the student's).
         partition: the CAR scheme ``{name, thresholds, buckets}`` used for routing.
+        car_rule: how a sample's CAR is computed and compared for routing (:data:`CAR_RULES`).
         **kwargs: the arguments of :class:`ChangeDetectionModule`.
     """
 
@@ -86,10 +99,13 @@ class DistillationModule(ChangeDetectionModule):
         distill_lambda: float,
         partition: Mapping[str, Any],
         teacher_model: str | None = None,
+        car_rule: str = "paper",
         **kwargs: Any,
     ) -> None:
         if distill_lambda < 0:
             raise ValueError(f"distill.lambda must be >= 0, got {distill_lambda}")
+        if car_rule not in CAR_RULES:
+            raise ValueError(f"distill.car_rule '{car_rule}' must be one of {CAR_RULES}")
         model = kwargs["model"]
         read_hparams(init, expected_model=model)
         super().__init__(**{**kwargs, "weights": init})
@@ -120,7 +136,7 @@ class DistillationModule(ChangeDetectionModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and isinstance(batch, dict):
             batch["route_order"], batch["route_counts"] = route(
-                batch["mask"], self.scheme.thresholds
+                batch["mask"], self.scheme.thresholds, self.hparams.car_rule
             )
         return batch
 
@@ -130,7 +146,7 @@ class DistillationModule(ChangeDetectionModule):
         """MSE between student logits and the logits of each sample's routed teacher."""
         order, counts = batch.get("route_order"), batch.get("route_counts")
         if order is None:
-            order, counts = route(batch["mask"], self.scheme.thresholds)
+            order, counts = route(batch["mask"], self.scheme.thresholds, self.hparams.car_rule)
             order = order.to(student_logits.device)
         x1, x2 = batch["image1"], batch["image2"]
         student_parts, teacher_parts = [], []

@@ -1,4 +1,4 @@
-"""Task losses on head logits, computed at the label's resolution with ignore pixels excluded.
+"""Task losses on head logits, computed at the label's resolution; ignore pixels get no loss.
 
 - ``ce``: 2-channel cross-entropy (the paper's equation (5) written for two logits).
 - ``ce_ohem``: cross-entropy on the hardest pixels (mmseg's OHEM sampler; Changer, LightCDNet).
@@ -23,6 +23,10 @@ from cdkd.partition import IGNORE_INDEX
 LOSSES: dict[str, int] = {"ce": 2, "ce_ohem": 2, "bce": 1, "bce_dice": 1, "bcl": 1}
 #: Dice terms of ``bce_dice``.
 DICE_KINDS = ("mmseg", "binary")
+#: What the per-pixel losses of ``ce``/``bce``/``bce_dice`` are averaged over: ``all`` label
+#: pixels, ignore pixels included with zero loss (mmseg's default ``avg_non_ignore=False``, the
+#: official code's), or only the ``valid`` ones.
+AVERAGES = ("all", "valid")
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -35,8 +39,9 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class TaskLoss(nn.Module):
     """The supervised loss of a change model (see the module table for the kinds).
 
-    Every kind first resizes the logits to the label size and averages over the valid
-    (non-ignore) pixels of the batch.
+    Every kind first resizes the logits to the label size. Ignore pixels get no loss; ``ce``,
+    ``bce`` and ``bce_dice``'s BCE divide the summed loss by the batch's label pixels
+    (``average``), ``ce_ohem`` always by all of them, as mmseg does.
 
     Args:
         kind: a name of :data:`LOSSES`.
@@ -50,6 +55,7 @@ class TaskLoss(nn.Module):
             intended value.
         dice: ``bce_dice``'s Dice term: ``mmseg`` (:func:`mmseg_dice_loss`, the official
             code's) or ``binary`` (:func:`soft_dice_loss`).
+        average: ``all`` (the official code's) or ``valid`` pixels, see :data:`AVERAGES`.
     """
 
     def __init__(
@@ -61,12 +67,15 @@ class TaskLoss(nn.Module):
         margin: float = 2.0,
         bcl_eps: float = 1e-4,
         dice: str = "mmseg",
+        average: str = "all",
     ) -> None:
         super().__init__()
         if kind not in LOSSES:
             raise ValueError(f"unknown loss '{kind}': use one of {sorted(LOSSES)}")
         if dice not in DICE_KINDS:
             raise ValueError(f"unknown Dice term '{dice}': use one of {list(DICE_KINDS)}")
+        if average not in AVERAGES:
+            raise ValueError(f"unknown loss average '{average}': use one of {list(AVERAGES)}")
         self.kind = kind
         self.ignore_index = ignore_index
         self.ohem_thresh = ohem_thresh
@@ -74,6 +83,7 @@ class TaskLoss(nn.Module):
         self.margin = margin
         self.bcl_eps = bcl_eps
         self.dice = dice
+        self.average = average
 
     @property
     def out_channels(self) -> int:
@@ -83,15 +93,17 @@ class TaskLoss(nn.Module):
     def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         logits = resize_logits(logits, tuple(mask.shape[-2:])).float()
         valid = mask != self.ignore_index
-        if self.kind == "ce":
-            return F.cross_entropy(logits, mask, ignore_index=self.ignore_index)
         if self.kind == "ce_ohem":
             return self._ohem(logits, mask, valid)
-        target = (mask == 1).float()
         if self.kind == "bcl":
-            return self._bcl(logits[:, 0], target, valid)
+            return self._bcl(logits[:, 0], (mask == 1).float(), valid)
+        pixels = valid.sum().clamp_min(1) if self.average == "valid" else mask.numel()
+        if self.kind == "ce":
+            summed = F.cross_entropy(logits, mask, ignore_index=self.ignore_index, reduction="sum")
+            return summed / pixels
+        target = (mask == 1).float()
         per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
-        loss = (per_pixel * valid).sum() / valid.sum().clamp_min(1)
+        loss = (per_pixel * valid).sum() / pixels
         if self.kind == "bce_dice" and self.dice == "mmseg":
             loss = loss + mmseg_dice_loss(logits[:, 0], mask)
         elif self.kind == "bce_dice":

@@ -36,7 +36,7 @@ from cdkd.partition import PartitionScheme
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
 from cdkd.training.checkpoints import load_network, read_hparams, teacher_paths
 from cdkd.training.distill import DistillationModule
-from cdkd.training.losses import DICE_KINDS, LOSSES
+from cdkd.training.losses import AVERAGES, DICE_KINDS, LOSSES
 from cdkd.training.module import NAN_POLICIES, ChangeDetectionModule
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,10 @@ def check_config(cfg: DictConfig) -> None:
         kind = spec if isinstance(spec, str) or spec is None else spec.get("kind", "ce")
         if kind is not None and kind not in LOSSES:
             raise ConfigError(f"model.{key}: unknown loss '{kind}'; use one of {sorted(LOSSES)}")
-        dice = None if isinstance(spec, str) or spec is None else spec.get("dice")
-        if dice is not None and dice not in DICE_KINDS:
-            raise ConfigError(
-                f"model.{key}.dice: unknown Dice term '{dice}'; use one of {DICE_KINDS}"
-            )
+        for option, allowed in (("dice", DICE_KINDS), ("average", AVERAGES)):
+            value = None if isinstance(spec, str) or spec is None else spec.get(option)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"model.{key}.{option}: unknown '{value}'; use one of {allowed}")
     check_label_threshold(OmegaConf.select(cfg, "data.label_threshold"))
     if cfg.data.augment not in AUGMENTATIONS:
         raise ConfigError(
@@ -302,6 +301,7 @@ def build_module(
             distill_lambda=float(distill["lambda"]),
             partition=meta["partition"],
             teacher_model=distill.teacher_model,
+            car_rule=distill.get("car_rule", "paper"),
             **common,
         )
     except ValueError as exc:
