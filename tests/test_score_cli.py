@@ -108,3 +108,19 @@ def test_score_folders_missing_folder(tmp_path: Path) -> None:
     _, gt_dir, _ = make_pair(tmp_path, n=1)
     with pytest.raises(DataError, match="prediction folder not found"):
         score_folders(tmp_path / "nope", gt_dir)
+
+
+def test_score_folders_binarises_intermediate_ground_truth_on_request(tmp_path: Path) -> None:
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    pred = np.zeros((4, 4), dtype=np.uint8)
+    pred[:2] = 1
+    write_mask(tmp_path / "pred" / "a.png", pred)
+    jpeg_like = np.zeros((4, 4), dtype=np.uint8)
+    jpeg_like[:2] = 250  # change saved with compression noise
+    jpeg_like[2, 0] = 3
+    Image.fromarray(jpeg_like).save(tmp_path / "gt" / "a.png")
+    with pytest.raises(DataError, match="label_threshold"):
+        score_folders(tmp_path / "pred", tmp_path / "gt")
+    result = score_folders(tmp_path / "pred", tmp_path / "gt", label_threshold=128)
+    assert result["per_image"]["mIoU"] == pytest.approx(1.0)

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from cdkd.analysis.tables import metrics_table
 from cdkd.cli.common import command
-from cdkd.data.io import IMAGE_SUFFIXES, read_mask
+from cdkd.data.io import IMAGE_SUFFIXES, check_label_threshold, read_mask
 from cdkd.data.layout import list_images
 from cdkd.errors import ConfigError, DataError
 from cdkd.files import natural_key, write_json_atomic
@@ -64,11 +64,15 @@ def _pair_files(pred_dir: Path, gt_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def score_folders(
-    pred_dir: str | Path, gt_dir: str | Path, empty_policy: str = "one"
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    empty_policy: str = "one",
+    label_threshold: int | None = None,
 ) -> dict[str, Any]:
     """Score 0/255 (or 0/1) prediction masks against ground-truth masks of the same names.
 
-    Files are matched by name without suffix, so ``x.png`` scores against ``x.tif``.
+    Files are matched by name without suffix, so ``x.png`` scores against ``x.tif``. Ground
+    truth is read as in training: strictly, or binarised at ``label_threshold``.
 
     Returns:
         ``{"count": N, "empty_policy": ..., "per_image": {...}, "pooled": {...}}`` with the
@@ -81,7 +85,7 @@ def score_folders(
     metric = ChangeMetrics(empty_policy=empty_policy)
     for pred_path, gt_path in _pair_files(Path(pred_dir), Path(gt_dir)):
         pred = read_mask(pred_path)
-        gt = read_mask(gt_path)
+        gt = read_mask(gt_path, label_threshold)
         if pred.shape != gt.shape:
             raise DataError(
                 f"{pred_path}: size {pred.shape[1]}x{pred.shape[0]} differs from "
@@ -108,7 +112,8 @@ def main(cfg: DictConfig) -> None:
     """Score ``pred`` against ``gt``, print the table and write ``out`` if given."""
     pred_dir = _required(cfg, "pred", "folder of predicted masks")
     gt_dir = _required(cfg, "gt", "folder of ground-truth masks")
-    result = score_folders(pred_dir, gt_dir, str(cfg.empty_policy))
+    threshold = check_label_threshold(OmegaConf.select(cfg, "data.label_threshold"))
+    result = score_folders(pred_dir, gt_dir, str(cfg.empty_policy), threshold)
     Console().print(metrics_table(result, title=f"{pred_dir} vs {gt_dir}"))
     if cfg.out:
         write_json_atomic(cfg.out, result)
