@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdkd.data import synthetic
+from cdkd.data.synthetic import writer
 from cdkd.data.io import read_image, read_mask
 from cdkd.data.synthetic import generate_dataset, make_pair, target_cars
 from cdkd.errors import ConfigError, DataError
@@ -136,7 +136,7 @@ def test_changed_pixels_differ_more_than_unchanged_ones() -> None:
 
 
 def test_interruption_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_write = synthetic._write_png
+    real_write = writer._write_png
     calls = []
 
     def failing_write(path: Path, array: np.ndarray) -> None:
@@ -145,7 +145,7 @@ def test_interruption_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.Monk
             raise RuntimeError("killed")
         real_write(path, array)
 
-    monkeypatch.setattr(synthetic, "_write_png", failing_write)
+    monkeypatch.setattr(writer, "_write_png", failing_write)
     with pytest.raises(RuntimeError, match="killed"):
         generate_dataset(tmp_path / "syn", {"train": 4}, size=32, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -160,7 +160,7 @@ def test_interrupted_regeneration_keeps_previous_dataset(
     def failing_write(path: Path, array: np.ndarray) -> None:
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(synthetic, "_write_png", failing_write)
+    monkeypatch.setattr(writer, "_write_png", failing_write)
     with pytest.raises(RuntimeError):
         generate_dataset(root, {"train": 3}, size=32, seed=9, progress=False)
     assert _files(root) == before
