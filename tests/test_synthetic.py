@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdkd.data.synthetic import writer
 from cdkd.data.io import read_image, read_mask
-from cdkd.data.synthetic import generate_dataset, make_pair, target_cars
+from cdkd.data.synthetic import generate_dataset, make_pair, target_cars, writer
 from cdkd.errors import ConfigError, DataError
 from cdkd.partition import bucket_of
 
