@@ -10,11 +10,14 @@ drift between them.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+
+from cdkd.errors import ConfigError
 
 IGNORE_INDEX = 255
 
@@ -68,6 +71,19 @@ class PartitionScheme:
         th = tuple(float(t) for t in (default_th if thresholds is None else thresholds))
         names = tuple(default_names if buckets is None else buckets)
         return cls(name=name, thresholds=th, buckets=names)
+
+    @classmethod
+    def from_config(cls, partition: Mapping[str, Any]) -> PartitionScheme:
+        """The scheme of a ``partition`` config group (``name``, optional ``thresholds`` and
+        ``buckets``), validated; a bad one is a ``ConfigError`` naming the problem."""
+        try:
+            return cls.create(
+                str(partition.get("name", "three")),
+                partition.get("thresholds"),
+                partition.get("buckets"),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def index(self, bucket: str) -> int:
         """Position of a bucket name in this scheme."""

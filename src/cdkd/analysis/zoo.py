@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cdkd.cli.common import config_dir
+from cdkd.config import config_dir
 from cdkd.models import create_model, get_entry, list_models
 from cdkd.models.complexity import count_gmacs, count_parameters
 

@@ -98,11 +98,7 @@ class Analysis:
 
     def scheme(self) -> PartitionScheme:
         """The configured CAR partition."""
-        part = self.cfg.partition
-        try:
-            return PartitionScheme.create(part.name, list(part.thresholds), list(part.buckets))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        return PartitionScheme.from_config(self.cfg.partition)
 
     def eval_command(self, strategy: str, predictions: bool = False) -> str:
         """The ``cdkd.eval`` command that writes what this analysis needs for ``strategy``."""

@@ -6,7 +6,6 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import hydra
@@ -14,18 +13,10 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from cdkd.config import config_dir
 from cdkd.errors import CdkdError, brief
 
 T = TypeVar("T")
-
-
-def config_dir() -> str:
-    """Absolute path of the Hydra config tree: ``conf/`` of a checkout, or the packaged copy."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[1] / "conf", here.parents[3] / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError("cdkd configuration folder not found (expected conf/train.yaml)")
 
 
 def debug_enabled() -> bool:

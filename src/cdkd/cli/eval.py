@@ -21,13 +21,6 @@ from cdkd.errors import ConfigError
 STRATEGIES = ("original", "op", "mtkd")
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` means CUDA when available; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def op_teacher_paths(cfg: DictConfig) -> dict[str, Path]:
     """The teacher checkpoint of each bucket for O-P inference."""
     from cdkd.training.checkpoints import teacher_paths
@@ -59,10 +52,10 @@ def check_checkpoints(cfg: DictConfig, paths: list[Any]) -> None:
 def build_origin_partition(cfg: DictConfig) -> Any:
     """M_O and the partition teachers of ``cfg`` as one O-P model."""
     from cdkd.inference.origin_partition import OriginPartition
+    from cdkd.partition import PartitionScheme
     from cdkd.training.checkpoints import load_network, load_teacher
-    from cdkd.training.run import partition_scheme
 
-    scheme = partition_scheme(cfg)
+    scheme = PartitionScheme.from_config(cfg.partition)
     paths = op_teacher_paths(cfg)
     origin = load_network(cfg.distill.init, expected_model=cfg.model.name)
     teacher_model = cfg.distill.teacher_model
@@ -104,10 +97,11 @@ def routing_table(confusion: dict[str, dict[str, int]]) -> Table:
 def main(cfg: DictConfig) -> None:
     """Evaluate ``cfg.strategy`` on ``cfg.split`` and write the results to ``cfg.out_dir``."""
     from cdkd.analysis.tables import metrics_table
-    from cdkd.inference.evaluate import run_evaluation, write_evaluation
+    from cdkd.inference.evaluate import pick_device, run_evaluation, write_evaluation
     from cdkd.inference.origin_partition import routing_confusion
+    from cdkd.partition import PartitionScheme
     from cdkd.training.checkpoints import load_network
-    from cdkd.training.run import instantiate_datamodule, partition_scheme
+    from cdkd.training.run import instantiate_datamodule
 
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split '{cfg.split}' must be train, val or test")
@@ -140,7 +134,7 @@ def main(cfg: DictConfig) -> None:
     console = Console()
     if cfg.strategy == "op":
         predicted = torch.cat(model.predicted_cars)
-        scheme = partition_scheme(cfg)
+        scheme = PartitionScheme.from_config(cfg.partition)
         extra["routing"] = routing_confusion(evaluation.cars, predicted, scheme)
         columns["predicted_car"] = predicted.tolist()
         console.print(routing_table(extra["routing"]))

@@ -13,7 +13,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
@@ -107,12 +106,6 @@ def scene_options(cfg: DictConfig) -> SceneOptions:
     )
 
 
-def to_tensor(image: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``uint8 [H, W, 3]`` to a normalised ``[1, 3, H, W]`` float tensor."""
-    x = torch.from_numpy(image).permute(2, 0, 1).float().unsqueeze(0)
-    return (x - mean) / std
-
-
 def predict_image_pair(
     model: ChangeModel,
     job: Job,
@@ -124,19 +117,16 @@ def predict_image_pair(
     task: TaskID,
 ) -> None:
     """Write the 0/255 PNG change map of a pair of ordinary images (read whole, tiled)."""
-    from cdkd.data.io import read_image, write_mask
+    from cdkd.data.io import check_same_size, read_image, write_mask
     from cdkd.inference.evaluate import autocast_for
     from cdkd.inference.sliding import TileGrid, sliding_window_logits
+    from cdkd.ops import normalise_image
 
     img_a, img_b = read_image(job.image1), read_image(job.image2)
-    if img_a.shape != img_b.shape:
-        raise DataError(
-            f"{job.image2}: size {img_b.shape[1]}x{img_b.shape[0]} differs from "
-            f"{job.image1} ({img_a.shape[1]}x{img_a.shape[0]})"
-        )
+    check_same_size(job.image2, img_b, job.image1, img_a)
     progress.reset(task, total=len(TileGrid(*img_a.shape[:2], options.tile_size, options.overlap)))
-    x1 = to_tensor(img_a, mean, std).to(device)
-    x2 = to_tensor(img_b, mean, std).to(device)
+    x1 = normalise_image(img_a, mean, std).unsqueeze(0).to(device)
+    x2 = normalise_image(img_b, mean, std).unsqueeze(0).to(device)
     with torch.inference_mode(), autocast_for(device):
         logits = sliding_window_logits(
             model,
@@ -188,7 +178,7 @@ def predict_scene_pair(
 @command("predict")
 def main(cfg: DictConfig) -> None:
     """Write one change map per readable pair; exit non-zero if any pair failed."""
-    from cdkd.cli.eval import pick_device
+    from cdkd.inference.evaluate import pick_device
     from cdkd.models import create_model
 
     options = scene_options(cfg)
@@ -197,7 +187,7 @@ def main(cfg: DictConfig) -> None:
     model = create_model(cfg.model.name, weights=cfg.weights, **dict(cfg.model.kwargs))
     model = model.to(device).eval()
     mean, std = list(cfg.model.normalize.mean), list(cfg.model.normalize.std)
-    mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     notes: list[str] = []
     written = 0
     with Progress(transient=True) as progress:

@@ -380,14 +380,10 @@ def _scheme(partition: Mapping[str, Any] | None, bucket: str | None) -> Partitio
         if bucket is not None:
             raise ConfigError(f"data.bucket={bucket} needs data.partition (e.g. partition=three)")
         return None
-    try:
-        scheme = PartitionScheme.create(
-            str(partition.get("name", "three")),
-            partition.get("thresholds"),
-            partition.get("buckets"),
-        )
-        if bucket is not None:
+    scheme = PartitionScheme.from_config(partition)
+    if bucket is not None:
+        try:
             scheme.index(bucket)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     return scheme

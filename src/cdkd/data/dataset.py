@@ -13,6 +13,7 @@ from cdkd.data.io import read_image, read_mask
 from cdkd.data.layout import Sample
 from cdkd.data.sampler import TrainKey
 from cdkd.data.transforms import PairAugment
+from cdkd.ops import normalise_image
 from cdkd.partition import IGNORE_INDEX
 
 #: ImageNet statistics in 0-255 units, the normalisation of every ImageNet-initialised backbone.
@@ -66,16 +67,11 @@ class ChangeDetectionDataset(Dataset):
             draw = None if epoch is None else (self.seed, epoch, position)
             image1, image2, mask = self.augment(image1, image2, mask, draw)
         return {
-            "image1": self._normalise(image1),
-            "image2": self._normalise(image2),
+            "image1": normalise_image(image1, self.mean, self.std),
+            "image2": normalise_image(image2, self.mean, self.std),
             "mask": torch.from_numpy(mask.astype(np.int64)),
             "name": sample.name,
         }
-
-    def _normalise(self, image: np.ndarray) -> torch.Tensor:
-        """``uint8 [H, W, 3]`` to a normalised float32 ``[3, H, W]`` tensor (one float copy)."""
-        chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-        return chw.sub_(self.mean).div_(self.std)
 
 
 def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -107,6 +107,18 @@ def read_mask(path: str | Path, threshold: int | None = None) -> np.ndarray:
     return decode_label(path, threshold)[0]
 
 
+def check_same_size(
+    path: str | Path, array: np.ndarray, reference: str | Path, reference_array: np.ndarray
+) -> None:
+    """Refuse an array read from ``path`` whose shape differs from the one read from
+    ``reference`` (the two dates of a pair, a prediction and its ground truth)."""
+    if array.shape != reference_array.shape:
+        raise DataError(
+            f"{path}: size {array.shape[1]}x{array.shape[0]} differs from "
+            f"{reference} ({reference_array.shape[1]}x{reference_array.shape[0]})"
+        )
+
+
 def check_label_threshold(value: object) -> int | None:
     """``data.label_threshold`` as an int in 1..255, or ``None`` (strict)."""
     if value is None:

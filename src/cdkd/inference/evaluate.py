@@ -16,8 +16,15 @@ from cdkd.files import atomic_path, write_json_atomic
 from cdkd.inference.origin_partition import OriginPartition
 from cdkd.metrics import METRIC_KEYS, ChangeMetrics
 from cdkd.models import ChangeModel
+from cdkd.ops import resize_logits
 from cdkd.partition import change_area_ratio
-from cdkd.training.losses import resize_logits
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` means CUDA when available; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def autocast_for(device: torch.device) -> torch.autocast:

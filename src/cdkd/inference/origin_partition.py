@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from cdkd.models import ChangeModel
+from cdkd.ops import resize_logits
 from cdkd.partition import PartitionScheme, bucket_of
-from cdkd.training.losses import resize_logits
 
 
 class OriginPartition(ChangeModel):

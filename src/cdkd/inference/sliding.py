@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cdkd.models import ChangeModel
-from cdkd.training.losses import resize_logits
+from cdkd.ops import resize_logits
 
 #: Called with the number of windows just processed (drives a progress bar).
 Advance = Callable[[int], object]

@@ -91,6 +91,17 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+def load_checkpoint_file(path: Path, mmap: bool | None = None) -> Any:
+    """``torch.load`` of a checkpoint (tensors and plain data only) onto the CPU; a file torch
+    cannot read is a ``CheckpointError`` naming it. ``mmap=True`` maps tensors instead of
+    reading them (``None``: torch's default)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:
+        reason = brief(exc, sentences=1)
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({reason})") from exc
+
+
 def read_state_dict(path: str | Path, model: str | None = None) -> dict[str, torch.Tensor]:
     """Read a network state dict from a plain ``.pth`` file or a cdkd training checkpoint.
 
@@ -99,11 +110,7 @@ def read_state_dict(path: str | Path, model: str | None = None) -> dict[str, tor
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = brief(exc, sentences=1)
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({reason})") from exc
+    obj = load_checkpoint_file(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         recorded = (obj.get("hyper_parameters") or {}).get("model")
         if model is not None and isinstance(recorded, str) and recorded != model:

@@ -6,10 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from cdkd.errors import CheckpointError, ConfigError, brief
+from cdkd.errors import CheckpointError, ConfigError
 from cdkd.models import ChangeModel, create_model
+from cdkd.models.registry import load_checkpoint_file
 from cdkd.partition import PartitionScheme
 
 
@@ -21,11 +20,7 @@ def read_hparams(path: str | Path, expected_model: str | None = None) -> dict[st
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        reason = brief(exc, sentences=1)
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({reason})") from exc
+    ckpt = load_checkpoint_file(path, mmap=True)
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "model" not in hparams:
         raise CheckpointError(f"{path}: not a cdkd training checkpoint (no recorded model)")

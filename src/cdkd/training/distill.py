@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 from cdkd.files import sha256_of
 from cdkd.models import ChangeModel
+from cdkd.ops import resize_logits
 from cdkd.partition import PartitionScheme, bucket_of, change_area_ratio
 from cdkd.training.checkpoints import load_teacher, read_hparams
-from cdkd.training.losses import resize_logits
 from cdkd.training.module import ChangeDetectionModule
 
 #: How a training sample's CAR picks its teacher: ``paper``, changed / valid pixels with

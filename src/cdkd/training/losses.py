@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cdkd.ops import resize_logits
 from cdkd.partition import IGNORE_INDEX
 
 #: Loss name -> number of logit channels it expects.
@@ -27,13 +28,6 @@ DICE_KINDS = ("mmseg", "binary")
 #: pixels, ignore pixels included with zero loss (mmseg's default ``avg_non_ignore=False``, the
 #: official code's), or only the ``valid`` ones.
 AVERAGES = ("all", "valid")
-
-
-def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize head logits to ``size`` (no-op when they already match)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 class TaskLoss(nn.Module):

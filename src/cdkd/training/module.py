@@ -14,7 +14,8 @@ from lightning.pytorch.loops.optimization.automatic import ClosureResult
 from cdkd.errors import CdkdError, ConfigError
 from cdkd.metrics import ChangeMetrics
 from cdkd.models import ChangeModel, create_model
-from cdkd.training.losses import build_loss, resize_logits
+from cdkd.ops import resize_logits
+from cdkd.training.losses import build_loss
 from cdkd.training.schedule import warmup_decay
 
 log = logging.getLogger(__name__)

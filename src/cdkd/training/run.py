@@ -31,6 +31,7 @@ from cdkd.data.transforms import AUGMENTATIONS
 from cdkd.errors import CdkdError, ConfigError, DataError, brief
 from cdkd.files import write_json_atomic, write_text_atomic
 from cdkd.inference.evaluate import evaluate
+from cdkd.metrics import EMPTY_POLICIES
 from cdkd.models.pretrained import random_parts, resolve_all
 from cdkd.partition import PartitionScheme
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
@@ -41,7 +42,6 @@ from cdkd.training.module import NAN_POLICIES, ChangeDetectionModule
 
 log = logging.getLogger(__name__)
 
-EMPTY_POLICIES = ("one", "zero", "skip")
 RESUME_MODES = ("auto", True, False)
 # Outputs of a run that a fresh start must not mix with (moved aside, never deleted).
 RUN_OUTPUTS = ("best.ckpt", "last.ckpt", "metrics.json", "provenance.json", "eval")
@@ -56,15 +56,6 @@ RECORDED_PACKAGES = (
     "torchmetrics",
     "numpy",
 )
-
-
-def partition_scheme(cfg: DictConfig) -> PartitionScheme:
-    """The configured CAR partition, validated (thresholds in order, bucket names)."""
-    part = cfg.partition
-    try:
-        return PartitionScheme.create(part.name, list(part.thresholds), list(part.buckets))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
 
 
 def number(cfg: DictConfig, key: str, kind: type[int] | type[float]) -> Any:
@@ -118,7 +109,7 @@ def check_config(cfg: DictConfig) -> None:
     clip = number(cfg, "trainer.gradient_clip_val", float)
     if clip is not None and clip <= 0:
         raise ConfigError(f"trainer.gradient_clip_val = {clip} must be > 0 (or null)")
-    scheme = partition_scheme(cfg)
+    scheme = PartitionScheme.from_config(cfg.partition)
     if cfg.stage.bucket is not None:
         try:
             scheme.index(cfg.stage.bucket)
