@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Test files run in parallel on every CPU (one file's tests stay in one worker, so module
-# fixtures are built once); PYTEST_WORKERS=0 runs them in this process.
+# Test files run in parallel, one worker per CPU computing on one thread (tests/conftest.py); one
+# file's tests stay in one worker, so module fixtures are built once. PYTEST_WORKERS=0 runs them
+# in this process.
 PYTEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from PIL import Image
 
 # Nothing in the suite may download weights: the hub client refuses, and cdkd reports it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Parallel workers (pytest-xdist, one per CPU) each compute on one thread, and so do the tools
+# they start: more threads than CPUs would only make every worker wait for the others.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 FOLDERS = ("A", "B", "label")
 

@@ -14,8 +14,9 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from cdkd.cli.common import config_dir
-from cdkd.cli.export import export_onnx, main, normalization_of, write_onnx
+from cdkd.cli.export import main
 from cdkd.errors import CheckpointError
+from cdkd.inference.onnx import export_onnx, normalization_of, write_onnx
 from cdkd.models import ChangeModel
 from cdkd.training.checkpoints import load_network
 from factories import save_checkpoint

@@ -34,6 +34,41 @@ def test_stand_in_weights_fit_the_part_and_are_kept(tmp_path: Path) -> None:
     assert target.read_bytes() == before
 
 
+def test_paper_dryrun_baseline_trains_from_the_local_backbone_file(tmp_path: Path) -> None:
+    """The dry run's first stage in this process: JL1-CD layout, local weights, val from train."""
+    from hydra import compose, initialize_config_dir
+
+    from cdkd.cli.common import config_dir
+    from cdkd.training.run import train
+
+    script = load_script()
+    data = tmp_path / "data"
+    overrides = [
+        "experiment=paper_dryrun",
+        f"paths.data_dir={data}",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        "data.synthetic.size=64",
+        "schedule.max_steps=2",
+        "logger=none",
+    ]
+    weights = data / "jl1cd-dryrun-weights" / "mit_b0.pth"
+    assert script.write_stand_in_weights("changer_b0", str(weights)) == [weights]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    assert cfg.data.name == "jl1cd" and cfg.model.pretrained
+    result = train(cfg)
+    root = data / "jl1cd-dryrun"
+    assert not (root / "val").exists() and (root / "train" / "A" / "40.png").is_file()
+    run_dir = tmp_path / "runs" / "jl1cd" / "changer_b0" / "baseline"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val"]["count"] == 8 and metrics["test"]["count"] == 12
+    assert 0.0 <= result["test/mIoU"] <= 1.0
+    # The checkpoint records where the backbone came from.
+    hparams = torch.load(run_dir / "best.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["backbone_weights"] == {"backbone": str(weights)}
+
+
+@pytest.mark.slow
 def test_paper_dryrun_runs_the_real_data_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cdkd.cli.score import score_folders
 from cdkd.data.io import write_mask
 from cdkd.errors import DataError
 from cdkd.metrics import ChangeMetrics
+from cdkd.metrics.score import score_folders
 from factories import run_tool
 
 

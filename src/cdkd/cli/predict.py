@@ -35,30 +35,13 @@ class Job:
     scene: bool
 
 
-def find_pairs(root: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
-    """Pairs ``(name, path_a, path_b)`` matched by file stem, and problems with unmatched files."""
-    from cdkd.data.layout import DATE_FOLDERS, list_images
-    from cdkd.files import natural_key
-
-    for first, second, _ in DATE_FOLDERS:
-        dir_a, dir_b = root / first, root / second
-        if dir_a.is_dir() and dir_b.is_dir():
-            break
-    else:
-        raise DataError(f"{root}: expected sub-folders A/ and B/ (or time1/ and time2/)")
-    a, b = list_images(dir_a), list_images(dir_b)
-    problems = [f"{a[n]}: no counterpart in {dir_b}" for n in sorted(a.keys() - b.keys())]
-    problems += [f"{b[n]}: no counterpart in {dir_a}" for n in sorted(b.keys() - a.keys())]
-    common = sorted(a.keys() & b.keys(), key=natural_key)
-    return [(n, a[n], b[n]) for n in common], problems
-
-
 def plan_jobs(cfg: DictConfig) -> tuple[list[Job], list[str]]:
     """The pairs named by ``input=DIR`` or by ``image1``/``image2``, and unmatched files.
 
     A pair is a scene when either file is a georeferenced TIFF; its map is ``<name>.tif``,
     otherwise ``<name>.png``. With explicit paths, ``output`` is the map's file name.
     """
+    from cdkd.data.layout import find_pairs
     from cdkd.inference.geotiff import is_geotiff
 
     explicit = cfg.image1 is not None or cfg.image2 is not None

@@ -115,3 +115,22 @@ def _require_counterparts(
     for stem in sorted(files, key=natural_key):
         if stem not in other:
             raise DataError(f"{files[stem]}: no counterpart named {stem}.* in {other_dir}")
+
+
+def find_pairs(root: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Unlabelled pairs ``(name, path_a, path_b)`` of a folder, and problems with unmatched files.
+
+    The images of ``root/A`` and ``root/B`` (or ``time1/`` and ``time2/``) are matched by file
+    stem, in natural order of the names; each file without a counterpart is one problem line.
+    """
+    for first, second, _ in DATE_FOLDERS:
+        dir_a, dir_b = root / first, root / second
+        if dir_a.is_dir() and dir_b.is_dir():
+            break
+    else:
+        raise DataError(f"{root}: expected sub-folders A/ and B/ (or time1/ and time2/)")
+    a, b = list_images(dir_a), list_images(dir_b)
+    problems = [f"{a[n]}: no counterpart in {dir_b}" for n in sorted(a.keys() - b.keys())]
+    problems += [f"{b[n]}: no counterpart in {dir_a}" for n in sorted(b.keys() - a.keys())]
+    common = sorted(a.keys() & b.keys(), key=natural_key)
+    return [(n, a[n], b[n]) for n in common], problems
