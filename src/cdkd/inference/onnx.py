@@ -109,7 +109,7 @@ def export_onnx(
         CheckpointError: not a readable cdkd checkpoint.
     """
     from cdkd.files import sha256_of
-    from cdkd.training.checkpoints import load_network, read_hparams
+    from cdkd.models.checkpoint import load_network, read_hparams
 
     ckpt = Path(ckpt)
     hparams = read_hparams(ckpt)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from cdkd.data.io import IMAGE_SUFFIXES, read_mask
+from cdkd.data.io import IMAGE_SUFFIXES, check_same_size, read_mask
 from cdkd.data.layout import list_images
 from cdkd.errors import DataError
 from cdkd.files import natural_key
@@ -76,11 +76,7 @@ def score_folders(
     for pred_path, gt_path in _pair_files(Path(pred_dir), Path(gt_dir)):
         pred = read_mask(pred_path)
         gt = read_mask(gt_path, label_threshold)
-        if pred.shape != gt.shape:
-            raise DataError(
-                f"{pred_path}: size {pred.shape[1]}x{pred.shape[0]} differs from "
-                f"{gt_path} ({gt.shape[1]}x{gt.shape[0]})"
-            )
+        check_same_size(pred_path, pred, gt_path, gt)
         metric.update(torch.from_numpy(pred), torch.from_numpy(gt))
     scores = metric.compute()
     return {

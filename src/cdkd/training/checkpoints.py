@@ -7,42 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from cdkd.errors import CheckpointError, ConfigError
-from cdkd.models import ChangeModel, create_model
-from cdkd.models.registry import load_checkpoint_file
+from cdkd.models import ChangeModel
+from cdkd.models.checkpoint import load_network, read_hparams
 from cdkd.partition import PartitionScheme
-
-
-def read_hparams(path: str | Path, expected_model: str | None = None) -> dict[str, Any]:
-    """Hyper-parameters recorded in a cdkd (Lightning) checkpoint.
-
-    With ``expected_model``, a checkpoint trained for another architecture is an error.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    ckpt = load_checkpoint_file(path, mmap=True)
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "model" not in hparams:
-        raise CheckpointError(f"{path}: not a cdkd training checkpoint (no recorded model)")
-    if expected_model is not None and hparams["model"] != expected_model:
-        raise CheckpointError(
-            f"{path}: checkpoint is for model '{hparams['model']}', not '{expected_model}'"
-        )
-    return hparams
-
-
-def load_network(path: str | Path, expected_model: str | None = None) -> ChangeModel:
-    """Build the network recorded in a cdkd checkpoint and load its weights.
-
-    Raises :class:`CheckpointError` when the checkpoint is unreadable or was trained for
-    another architecture than ``expected_model``.
-    """
-    hparams = read_hparams(path, expected_model)
-    # The checkpoint holds every weight: sources of initial weights (e.g. a foundation
-    # encoder's file, which may not exist on this machine) are not read again.
-    recorded = dict(hparams.get("model_kwargs") or {})
-    kwargs = {k: v for k, v in recorded.items() if not k.endswith("weights")}
-    return create_model(hparams["model"], weights=path, **kwargs)
 
 
 def check_recorded_setup(
