@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -352,7 +352,7 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
         return path
     stale = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     if stale and rank_zero_only.rank == 0:  # other DDP ranks see the same decision
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         target = run_dir / "superseded" / stamp
         target.mkdir(parents=True)
         for item in stale:
@@ -437,7 +437,7 @@ def write_provenance(
     """
     path = run_dir / "provenance.json"
     record: dict[str, Any] = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
         "resumed_from": resumed_from,
         "config": "config.yaml",
