@@ -196,3 +196,15 @@ def test_channels_last_module_gives_the_same_loss() -> None:
     assert moved["image1"].is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert fast.task_loss(moved)[0].item() == pytest.approx(plain.task_loss(batch)[0].item())
+
+
+def test_progress_bar_counts_steps_towards_the_end_of_the_schedule() -> None:
+    from types import SimpleNamespace
+
+    from cdkd.training.progress import StepProgressBar
+
+    bar = StepProgressBar()
+    bar._trainer = SimpleNamespace(global_step=2800, max_steps=4000, max_epochs=-1)
+    assert bar._get_train_description(14).strip() == "step 2800/4000 (epoch 14)"
+    bar._trainer = SimpleNamespace(global_step=3, max_steps=-1, max_epochs=None)
+    assert bar._get_train_description(0).strip() == "step 3 (epoch 0)"
