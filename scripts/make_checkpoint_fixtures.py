@@ -5,8 +5,10 @@ before checkpoint metadata became a versioned record; tests check they still eva
 the optimizer state is dropped (it is never read for evaluation) to keep the files small.
 
 Usage (from the repository root, after training the smoke stages of TinyCD):
-    for s in baseline teacher_s teacher_m teacher_l student; do python -m cdkd.train \
-        experiment=smoke model=tinycd stage=$s paths.runs_dir=/tmp/v1/runs paths.data_dir=/tmp/v1/data; done
+    for s in baseline teacher_s teacher_m teacher_l student; do
+        python -m cdkd.train experiment=smoke model=tinycd stage=$s \
+            paths.runs_dir=/tmp/v1/runs paths.data_dir=/tmp/v1/data
+    done
     python scripts/make_checkpoint_fixtures.py /tmp/v1/runs/synthetic/tinycd
 """
 
