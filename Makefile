@@ -7,7 +7,7 @@ MODEL ?= fc_siam_diff
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: help install test test-all lint format demo paper-dryrun train pipeline pipeline-two sweep analyze bench clean
+.PHONY: help install test test-all lint typecheck format demo paper-dryrun train pipeline pipeline-two sweep analyze bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,9 +32,13 @@ test: install ## run the default test suite (CPU, no network)
 test-all: install ## run every test, the slow ones included
 	$(PYTEST) -m ''
 
-lint: install ## ruff check and format check
+lint: install ## ruff check, format check and the type check
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
+
+typecheck: install ## mypy over src/cdkd, strict where pyproject.toml says (also run by CI)
+	$(BIN)/mypy
 
 format: install ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests scripts
@@ -66,5 +70,5 @@ bench: install ## student vs baseline training-step time (JSON lines)
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 clean: ## remove caches (keeps .venv, runs/ and data/)
-	rm -rf .pytest_cache .ruff_cache
+	rm -rf .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

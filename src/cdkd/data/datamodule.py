@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from lightning import LightningDataModule
@@ -25,8 +25,10 @@ from cdkd.partition import PartitionScheme
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-_STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+#: The logical splits of a dataset (each may live in a folder of another name: ``data.splits``).
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = get_args(Split)
+_STAGE_SPLITS: dict[str | None, tuple[Split, ...]] = {
     "fit": ("train", "val"),
     "validate": ("val",),
     "test": ("test",),
@@ -102,7 +104,7 @@ class ChangeDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
-        self.name = name
+        self.name: str = name
         self.splits = {split: split for split in SPLITS} | dict(splits or {})
         unknown = sorted(set(self.splits) - set(SPLITS))
         if unknown:
@@ -132,7 +134,7 @@ class ChangeDataModule(LightningDataModule):
         self.persistent_workers = persistent and num_workers > 0
         self.seed = seed
         self.label_threshold = check_label_threshold(label_threshold)
-        self._splits: dict[str, _Split] = {}
+        self._splits: dict[Split, _Split] = {}
         self._folders: dict[Path, tuple[list[Sample], CarIndex]] = {}
 
     def prepare_data(self) -> None:
@@ -201,15 +203,15 @@ class ChangeDataModule(LightningDataModule):
             **self._loader_options(),
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
         """Validation batches, no augmentation, each image on exactly one rank under DDP."""
         return self.dataloader("val", shard=True)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader[dict[str, Any]]:
         """Test batches, no augmentation, never restricted to a CAR partition; sharded as val."""
         return self.dataloader("test", shard=True)
 
-    def dataloader(self, split: str, shard: bool = False) -> DataLoader:
+    def dataloader(self, split: str, shard: bool = False) -> DataLoader[dict[str, Any]]:
         """Evaluation loader of any split: dataset order, no augmentation, padded batches.
 
         Batches carry ``size`` (int64 ``[B, 2]``), the original height and width of each item.
@@ -264,7 +266,7 @@ class ChangeDataModule(LightningDataModule):
             self._splits[split] = self._build_split(split)
         return self._splits[split]
 
-    def _build_split(self, split: str) -> _Split:
+    def _build_split(self, split: Split) -> _Split:
         root = require_root(self.root, self.name)
         folder = root / self.splits[split]
         positions: Sequence[int] | None = None
@@ -300,7 +302,7 @@ class ChangeDataModule(LightningDataModule):
             )
         return _Split(folder=folder, samples=samples, index=index)
 
-    def _held_out(self, root: Path, split: str) -> tuple[Path, list[int]]:
+    def _held_out(self, root: Path, split: Split) -> tuple[Path, list[int]]:
         """Train folder and positions of ``split`` when val is taken from the head of train."""
         val_dir, train_dir = root / self.splits["val"], root / self.splits["train"]
         n_val = self.val_from_train

@@ -21,7 +21,7 @@ IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 
-class ChangeDetectionDataset(Dataset):
+class ChangeDetectionDataset(Dataset[dict[str, Any]]):
     """Pairs decoded from disk, optionally augmented, normalised for the model.
 
     Each item is a dict with ``image1``/``image2`` (float32 ``[3, H, W]``, ``(x - mean) / std``

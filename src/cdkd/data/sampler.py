@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 TrainKey = tuple[int, int]
 
 
-class EpochShuffleSampler(DistributedSampler):
+class EpochShuffleSampler(DistributedSampler[int]):
     """Shuffles each epoch by ``(seed, epoch)``, shards across ranks, can start mid-epoch.
 
     A :class:`~torch.utils.data.DistributedSampler` (so Lightning keeps it under DDP instead
@@ -29,7 +29,14 @@ class EpochShuffleSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Sized, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        # torch annotates ``dataset`` as a Dataset, but the sampler only takes its length.
+        super().__init__(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+        )
         self._skip = 0
 
     def resume(self, epoch: int, skip: int) -> None:
@@ -37,6 +44,7 @@ class EpochShuffleSampler(DistributedSampler):
         self.set_epoch(epoch)
         self._skip = skip
 
+    # Yields (position, epoch) keys where the base class yields positions.
     def __iter__(self) -> Iterator[TrainKey]:  # type: ignore[override]
         skip, self._skip = self._skip, 0
         epoch = self.epoch
@@ -44,7 +52,7 @@ class EpochShuffleSampler(DistributedSampler):
             yield position, epoch
 
 
-class ResumableLoader(DataLoader):
+class ResumableLoader(DataLoader[Any]):
     """Training loader whose position in the epoch Lightning stores in every checkpoint.
 
     Lightning saves ``state_dict()`` of stateful training loaders with the loop state and
@@ -68,7 +76,8 @@ class ResumableLoader(DataLoader):
         self._served = 0
         self._start = 0
 
-    def __iter__(self) -> Iterator[Any]:
+    # A counting generator over the base iterator (Lightning only iterates it).
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         batches = super().__iter__()
         self._served, self._start = self._start, 0
         return self._count(batches)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import albumentations as A
 import cv2
@@ -31,10 +31,13 @@ import torch
 from cdkd.errors import ConfigError
 from cdkd.partition import IGNORE_INDEX
 
-AUGMENTATIONS: tuple[str, ...] = ("standard", "changer", "none")
+#: The training augmentation recipes (``data.augment``).
+Augmentation = Literal["standard", "changer", "none"]
+AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
 
 
-class PhotoMetricDistortion(A.ImageOnlyTransform):
+# albumentations ships no type information, so its classes are Any to mypy.
+class PhotoMetricDistortion(A.ImageOnlyTransform):  # type: ignore[misc]
     """mmseg's photometric distortion of a uint8 RGB image.
 
     Steps, each applied with probability 0.5: brightness (add U(-delta, delta)), contrast
@@ -51,7 +54,7 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
         p: Probability of running the distortion at all.
     """
 
-    class InitSchema(A.ImageOnlyTransform.InitSchema):
+    class InitSchema(A.ImageOnlyTransform.InitSchema):  # type: ignore[misc]
         brightness_delta: float
         contrast_range: tuple[float, float]
         saturation_range: tuple[float, float]
@@ -118,7 +121,8 @@ class PhotoMetricDistortion(A.ImageOnlyTransform):
 
 def _affine(values: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     """``values * alpha + beta`` clipped to 0-255 and truncated to uint8."""
-    return np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+    clipped: np.ndarray = np.clip(values.astype(np.float32) * alpha + beta, 0, 255)
+    return clipped.astype(np.uint8)
 
 
 class PairAugment:

@@ -8,7 +8,7 @@ computed from the same per-image confusion counts, so one pass over the data giv
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -31,10 +31,14 @@ METRIC_KEYS: tuple[str, ...] = (
     "Fscore_unchanged",
     "Fscore_changed",
 )
-EMPTY_POLICIES: tuple[str, ...] = ("one", "zero", "skip")
+#: How a class absent from both the ground truth and the prediction scores (see
+#: :class:`ChangeMetrics`).
+EmptyPolicy = Literal["one", "zero", "skip"]
+EMPTY_POLICIES: tuple[EmptyPolicy, ...] = get_args(EmptyPolicy)
+_EMPTY_SCORE: dict[EmptyPolicy, float] = {"one": 1.0, "zero": 0.0, "skip": math.nan}
 
 
-def check_empty_policy(empty_policy: str) -> str:
+def check_empty_policy(empty_policy: str) -> EmptyPolicy:
     """Return ``empty_policy`` if it is in :data:`EMPTY_POLICIES`; raise ``ConfigError`` if not."""
     if empty_policy not in EMPTY_POLICIES:
         raise ConfigError(
@@ -108,7 +112,7 @@ def scores_from_counts(counts: Tensor, empty_policy: str = "one") -> Tensor:
     Returns:
         float64 tensor ``[N, 12]``, columns in :data:`METRIC_KEYS` order.
     """
-    check_empty_policy(empty_policy)
+    fill = _EMPTY_SCORE[check_empty_policy(empty_policy)]
     c = counts.to(torch.float64)
     if c.ndim != 2 or c.shape[1] != 4:
         raise ValueError(f"expected counts of shape [N, 4], got {tuple(c.shape)}")
@@ -116,7 +120,6 @@ def scores_from_counts(counts: Tensor, empty_policy: str = "one") -> Tensor:
     # Unchanged is the positive class of the swapped problem: tn plays tp, fn plays fp.
     per_class = torch.stack((_class_scores(tn, fn, fp), _class_scores(tp, fp, fn)), dim=2)
     absent = torch.stack((tn + fn + fp == 0, tp + fp + fn == 0), dim=1)
-    fill = {"one": 1.0, "zero": 0.0, "skip": math.nan}[empty_policy]
     per_class = per_class.masked_fill(absent.unsqueeze(1), fill)
     means = per_class.nanmean(dim=2)
     return torch.cat((means, per_class.flatten(1)), dim=1)

@@ -100,16 +100,17 @@ def _noise(rng: np.random.Generator, size: int, cell: float, octaves: int = 2) -
     for _ in range(octaves):
         n = int(np.ceil(size / max(cell, 1.0))) + 1
         if n >= size:
-            layer = rng.standard_normal((size, size), dtype=np.float32)
+            layer: np.ndarray = rng.standard_normal((size, size), dtype=np.float32)
         else:
             grid = rng.standard_normal((n, n), dtype=np.float32)
             layer = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
-            layer /= max(float(layer.std()), 1e-3)
+            layer = layer / max(float(layer.std()), 1e-3)
         out += amp * layer
         total += amp * amp
         amp *= 0.5
         cell /= 2.0
-    return out / np.float32(np.sqrt(total))
+    scaled: np.ndarray = out / np.float32(np.sqrt(total))
+    return scaled
 
 
 def _poly_mask(size: int, pts: np.ndarray) -> np.ndarray:

@@ -51,7 +51,8 @@ class _Blob:
         k = np.arange(1, 5)[:, None]
         profile = 1 + (self.harmonics[:, None] * np.cos(k * angles + self.phases[:, None])).sum(0)
         r = self.radius * scale * np.clip(profile, 0.3, None)
-        return self.centre + np.stack([r * np.cos(angles), r * np.sin(angles)], axis=1)
+        vertices: np.ndarray = self.centre + np.stack([r * np.cos(angles), r * np.sin(angles)], 1)
+        return vertices
 
 
 @dataclass
@@ -121,7 +122,8 @@ class _Scene:
 
     def label(self) -> np.ndarray:
         """Changed pixels: the visible surface differs between the two dates."""
-        return self.top[0] != self.top[1]
+        changed: np.ndarray = self.top[0] != self.top[1]
+        return changed
 
     def snapshot(self) -> tuple[Any, ...]:
         """State needed to undo the layers added after this call."""
@@ -145,7 +147,7 @@ class _Scene:
 
     def blocked(self) -> np.ndarray:
         """Pixels where nothing new may be built at either date (water, roads, buildings)."""
-        return np.isin(self.cover, _OBSTACLES).any(0)
+        return np.isin(self.cover[0], _OBSTACLES) | np.isin(self.cover[1], _OBSTACLES)
 
     def new_id(self) -> int:
         """A fresh building id (ids tie shadows to buildings that may be demolished)."""
@@ -189,20 +191,22 @@ def _make_texture(scene: _Scene, name: str) -> np.ndarray:
         tex = np.array([46, 72, 42], np.float32) * (1 + 0.12 * low) + crowns * np.array(
             [13, 18, 10], np.float32
         )
-        return np.where(crowns < -0.8, tex * 0.6, tex)
+        forest: np.ndarray = np.where(crowns < -0.8, tex * 0.6, tex)
+        return forest
     if name.startswith("crop"):
         colour = _CROP_COLOURS[int(name[4:]) % len(_CROP_COLOURS)]
         period = max(2.0, s * rng.uniform(0.02, 0.05))
         rows = np.sin(2 * np.pi * scene.v / period)[..., None]
-        return colour * (1 + 0.06 * low) + rows * rng.uniform(5, 12) + 2 * fine
+        crop: np.ndarray = colour * (1 + 0.06 * low) + rows * rng.uniform(5, 12) + 2 * fine
+        return crop
     if name == "greenhouse":
         period = max(2.0, s * rng.uniform(0.025, 0.04))
         phase = np.mod(scene.u / period, 1.0)[..., None]
         sheet = np.float32(212) + 10 * np.cos(2 * np.pi * phase) + np.array([0, 4, 8], np.float32)
         return np.where(phase < 0.78, sheet + 3 * fine, np.array([140, 128, 108], np.float32))
     if name == "water":
-        colour = _WATER_COLOURS[rng.integers(len(_WATER_COLOURS))]
-        return (colour * (1 + 0.04 * low)).astype(np.float32)
+        water: np.ndarray = _WATER_COLOURS[rng.integers(len(_WATER_COLOURS))]
+        return (water * (1 + 0.04 * low)).astype(np.float32)
     if name == "roof":
         return np.repeat(3 * fine, 3, axis=2)
     raise ValueError(f"unknown material '{name}'")
@@ -283,13 +287,14 @@ def _road_points(scene: _Scene, length: float | None = None) -> np.ndarray:
         origin = centre + offset * normal
         start = origin - along * (rng.uniform(0, span / 2) if length else s)
         t = np.linspace(0, span, 16)[:, None]
-        return start + t * along
+        straight: np.ndarray = start + t * along
+        return straight
     ends = rng.uniform(0, s, (2, 2))
     ends[0, rng.integers(2)] = -2.0
     ends[1, rng.integers(2)] = s + 2.0
     ctrl = rng.uniform(0.2 * s, 0.8 * s, 2)
     t = np.linspace(0, 1, 24)[:, None]
-    curve = (1 - t) ** 2 * ends[0] + 2 * t * (1 - t) * ctrl + t**2 * ends[1]
+    curve: np.ndarray = (1 - t) ** 2 * ends[0] + 2 * t * (1 - t) * ctrl + t**2 * ends[1]
     if length is not None:
         steps = np.linalg.norm(np.diff(curve, axis=0), axis=1)
         keep = np.searchsorted(np.cumsum(steps), length) + 2
@@ -358,12 +363,14 @@ def _buildings(
 def _roof_colour(scene: _Scene, mask: np.ndarray, epochs: tuple[int, ...]) -> np.ndarray:
     """Roof colour; a new building gets the one of three candidates that stands out most."""
     rng = scene.rng
-    picks = _ROOF_COLOURS[rng.choice(len(_ROOF_COLOURS), 3, replace=False)]
+    picks: np.ndarray = _ROOF_COLOURS[rng.choice(len(_ROOF_COLOURS), 3, replace=False)]
     picks = picks * rng.uniform(0.9, 1.1, (3, 1)).astype(np.float32)
     if epochs != _AFTER:
-        return picks[0]
-    under = scene.visible[0][mask].mean(0)
-    return picks[np.argmax(np.abs(picks - under).sum(1))]
+        chosen: np.ndarray = picks[0]
+    else:
+        under = scene.visible[0][mask].mean(0)
+        chosen = picks[np.argmax(np.abs(picks - under).sum(1))]
+    return chosen
 
 
 def _build_scene(scene: _Scene, greenfield: bool) -> None:

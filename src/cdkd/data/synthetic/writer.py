@@ -9,7 +9,7 @@ import shutil
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
@@ -39,10 +39,11 @@ def _split_key(split: str) -> int:
 
 #: File naming schemes: ``padded`` (``0000.png``, ``0001.png``, ...) or ``natural``
 #: (``1.png`` ... ``N.png``, as JL1-CD names its pairs).
-NAMINGS = ("padded", "natural")
+Naming = Literal["padded", "natural"]
+NAMINGS: tuple[Naming, ...] = get_args(Naming)
 
 
-def _file_names(count: int, naming: str = "padded") -> list[str]:
+def _file_names(count: int, naming: Naming = "padded") -> list[str]:
     """The file names of one split's ``count`` pairs under ``naming`` (see :data:`NAMINGS`)."""
     if naming == "natural":
         return [f"{i}.png" for i in range(1, count + 1)]
@@ -208,7 +209,7 @@ def generate_dataset(
                 _write_split(
                     staging / split,
                     split,
-                    _file_names(count, naming),
+                    _file_names(count, params.get("naming", "padded")),
                     params["size"],
                     params["seed"],
                     lambda: bar.advance(task),
