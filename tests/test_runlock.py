@@ -79,7 +79,7 @@ def test_a_lock_left_by_a_dead_process_on_this_host_is_taken_over(
 
 def test_a_lock_held_from_another_host_is_never_taken_over(tmp_path: Path) -> None:
     path = write_lock(tmp_path, "other-node", dead_pid())
-    with pytest.raises(RunLockError, match="on other-node since .*delete .*if that run"):
+    with pytest.raises(RunLockError, match=r"on other-node since .*delete .*if that run"):
         RunLock(tmp_path).acquire()
     assert json.loads(path.read_text())["host"] == "other-node"
 
