@@ -258,13 +258,14 @@ _KILL_MID_WRITE = textwrap.dedent(
     from lightning.fabric.plugins.io import torch_io
     from cdkd.training.callbacks import AtomicCheckpointIO
 
-    def write_half_then_die(checkpoint, path):
-        with open(path, "wb") as fh:
-            fh.write(b"PK\\x03\\x04 half a checkpoint")
-            fh.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+    def write_half_then_die(checkpoint, target, *args, **kwargs):
+        fh = open(target, "wb") if isinstance(target, (str, os.PathLike)) else target
+        fh.write(b"PK\\x03\\x04 half a checkpoint")
+        fh.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
-    torch_io._atomic_save = write_half_then_die
+    torch_io._atomic_save = write_half_then_die  # Lightning's own writer
+    torch.save = write_half_then_die  # cdkd's, which writes straight into its file
     io = AtomicCheckpointIO() if sys.argv[2] == "atomic" else torch_io.TorchCheckpointIO()
     io.save_checkpoint({"step": 2, "w": torch.ones(3)}, sys.argv[1])
     """

@@ -21,18 +21,23 @@ log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside the target, then renames it.
+    """Writes each checkpoint once, straight into a temporary file beside the target, syncs
+    it and renames it.
 
-    A kill in the middle of a write leaves the previous ``best.ckpt``/``last.ckpt`` intact
-    (and at worst a stray hidden ``.*.tmp`` file), never a truncated checkpoint that a later
-    resume or evaluation would trust.
+    A kill in the middle of a write leaves the previous checkpoints intact (and at worst a
+    stray hidden ``.*.tmp`` file), never a truncated checkpoint that a later resume or
+    evaluation would trust. Unlike Lightning's own writer, nothing is staged in memory or
+    in the system temporary folder, which on cluster nodes is often too small for a
+    checkpoint with optimizer state. A full disk is one :class:`~cdkd.files.WriteError`.
     """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        with atomic_path(Path(path)) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
+            torch.save(checkpoint, fh)
 
 
 class RngStateCallback(Callback):
