@@ -20,11 +20,11 @@ from cdkd.errors import ConfigError, DataError
 from cdkd.inference.geotiff import (
     MASK_NODATA,
     OVERLAY_ALPHA,
-    Scaling,
     SceneOptions,
     output_nodata,
     predict_scene,
 )
+from cdkd.inference.raster import Scaling
 from cdkd.inference.sliding import TileGrid, full_resolution_logits, sliding_window_logits
 from cdkd.models import ChangeModel, create_model
 from factories import save_checkpoint
