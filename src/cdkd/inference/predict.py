@@ -102,7 +102,8 @@ def predict_image_pair(
     img_a, img_b = read_image(job.image1), read_image(job.image2)
     check_same_size(job.image2, img_b, job.image1, img_a)
     if progress is not None:
-        progress.start(len(TileGrid(*img_a.shape[:2], options.tile_size, options.overlap)))
+        height, width = img_a.shape[:2]
+        progress.start(len(TileGrid(height, width, options.tile_size, options.overlap)))
     mean_t = torch.tensor(list(mean), dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(list(std), dtype=torch.float32).view(3, 1, 1)
     x1 = normalise_image(img_a, mean_t, std_t).unsqueeze(0).to(device)

@@ -210,7 +210,7 @@ class SceneReader:
     @staticmethod
     def _valid(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """Valid where some band is not nodata (GDAL masks) and every band is finite."""
-        valid = (masks > 0).any(axis=0)
+        valid = np.asarray((masks > 0).any(axis=0))
         if np.issubdtype(values.dtype, np.floating):
             valid &= np.isfinite(values).all(axis=0)
         return valid
@@ -222,7 +222,8 @@ class SceneReader:
         low, high = self.stretch
         with np.errstate(invalid="ignore"):
             scaled = (values.astype(np.float64) - low) / (high - low) * 255.0
-            return np.clip(np.rint(scaled), 0, 255).astype(np.float32)
+            byte_range: np.ndarray = np.clip(np.rint(scaled), 0, 255).astype(np.float32)
+        return byte_range
 
     def read(
         self, window: Window | None = None, shape: tuple[int, ...] | None = None
