@@ -18,7 +18,7 @@ from cdkd.cli.common import command
 from cdkd.errors import DataError
 from cdkd.inference.evaluate import pick_device
 from cdkd.inference.geotiff import SceneOptions, SceneResult
-from cdkd.inference.predict import plan_jobs, predict_image_pair, predict_scene_pair
+from cdkd.inference.predict import plan_jobs, predict_pair
 from cdkd.inference.raster import Scaling
 from cdkd.models import create_model
 
@@ -77,11 +77,9 @@ def main(cfg: DictConfig) -> None:
         bar = WindowBar(progress, progress.add_task("windows", total=None))
         for job in jobs:
             try:
-                if job.scene:
-                    result = predict_scene_pair(model, job, mean, std, options, device, bar)
+                result = predict_pair(model, job, mean, std, options, device, bar)
+                if result is not None:
                     notes.append(scene_summary(result))
-                else:
-                    predict_image_pair(model, job, mean, std, options, device, bar)
                 written += 1
             except DataError as exc:
                 if cfg.input is None:

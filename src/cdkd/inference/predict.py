@@ -85,7 +85,7 @@ def _explicit_job(image1: Path, image2: Path, output: Path) -> Job:
     return Job(output.stem, image1, image2, output, scene)
 
 
-def predict_image_pair(
+def predict_pair(
     model: ChangeModel,
     job: Job,
     mean: Sequence[float],
@@ -93,12 +93,21 @@ def predict_image_pair(
     options: SceneOptions,
     device: torch.device,
     progress: WindowProgress | None = None,
-) -> None:
-    """Write the 0/255 PNG change map of a pair of ordinary images (read whole, tiled).
+) -> SceneResult | None:
+    """Write the change map of ``job``; what a scene's map holds, ``None`` for other images.
 
-    ``mean`` and ``std`` are the model's normalisation in 0-255 units; ``model`` is in eval
-    mode on ``device``.
+    A scene goes through :func:`predict_scene`; a pair of ordinary images is read whole, tiled
+    and written as a 0/255 PNG. ``mean`` and ``std`` are the model's normalisation in 0-255
+    units; ``model`` is in eval mode on ``device``.
     """
+    advance = progress.advance if progress is not None else None
+    if job.scene:
+        if progress is not None:
+            progress.start(scene_windows(job.image1, options))
+        with autocast_for(device):
+            return predict_scene(
+                model, job.image1, job.image2, job.output, mean, std, options, device, advance
+            )
     img_a, img_b = read_image(job.image1), read_image(job.image2)
     check_same_size(job.image2, img_b, job.image1, img_a)
     if progress is not None:
@@ -116,32 +125,7 @@ def predict_image_pair(
             options.tile_size,
             options.overlap,
             batch_size=options.batch_size,
-            advance=progress.advance if progress is not None else None,
+            advance=advance,
         )
     write_mask(job.output, model.predict(logits)[0].cpu().numpy())
-
-
-def predict_scene_pair(
-    model: ChangeModel,
-    job: Job,
-    mean: Sequence[float],
-    std: Sequence[float],
-    options: SceneOptions,
-    device: torch.device,
-    progress: WindowProgress | None = None,
-) -> SceneResult:
-    """Write the GeoTIFF change map of a scene pair (see :func:`predict_scene`)."""
-    if progress is not None:
-        progress.start(scene_windows(job.image1, options))
-    with autocast_for(device):
-        return predict_scene(
-            model,
-            job.image1,
-            job.image2,
-            job.output,
-            mean,
-            std,
-            options,
-            device,
-            advance=progress.advance if progress is not None else None,
-        )
+    return None
