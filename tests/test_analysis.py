@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cdkd.analysis.analyze import Analysis, run_analysis
 from cdkd.analysis.compare import (
     MissingInput,
     PerImage,
@@ -36,7 +37,6 @@ from cdkd.analysis.figures import (
     PanelColumn,
     visual_panel,
 )
-from cdkd.cli.analyze import Analysis, run_analysis
 from cdkd.cli.pipeline import compose_config
 from cdkd.errors import ConfigError, DataError
 from cdkd.metrics import METRIC_KEYS

@@ -20,11 +20,12 @@ from cdkd.errors import ConfigError, DataError
 from cdkd.inference.geotiff import (
     MASK_NODATA,
     OVERLAY_ALPHA,
-    Scaling,
     SceneOptions,
     output_nodata,
     predict_scene,
 )
+from cdkd.inference.predict import plan_jobs
+from cdkd.inference.raster import Scaling
 from cdkd.inference.sliding import TileGrid, full_resolution_logits, sliding_window_logits
 from cdkd.models import ChangeModel, create_model
 from factories import save_checkpoint
@@ -291,6 +292,23 @@ def test_cli_folder_mode_maps_scenes_to_geotiffs_and_images_to_pngs(
     scene, meta = read_output(out / "scene.tif")
     assert meta["nodata"] is None and meta["transform"] == TRANSFORM
     np.testing.assert_array_equal(scene, expected)
+
+
+def test_plan_jobs_needs_one_way_of_naming_pairs_and_the_suffix_of_the_map(
+    tmp_path: Path,
+) -> None:
+    t1, t2, a, _ = scene_pair(tmp_path, height=8, width=8)
+    png = tmp_path / "a.png"
+    Image.fromarray(a.transpose(1, 2, 0)).save(png)
+    for names in [(tmp_path, t1, t2), (None, t1, None), (None, None, None)]:
+        with pytest.raises(ConfigError, match="either input=DIR or both image1"):
+            plan_jobs(*names, tmp_path / "out.tif")
+    with pytest.raises(ConfigError, match=r"GeoTIFF scene is written as \.tif or \.tiff"):
+        plan_jobs(None, t1, t2, tmp_path / "map.png")
+    with pytest.raises(ConfigError, match=r"image pair is written as \.png"):
+        plan_jobs(None, png, png, tmp_path / "map.tif")
+    (job,), problems = plan_jobs(None, png, t2, tmp_path / "map.TIF")
+    assert job.scene and job.name == "map" and problems == []
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -98,6 +98,12 @@ class PartitionScheme:
         return bucket_of(car, self.thresholds)
 
 
+@overload
+def bucket_of(car: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor: ...
+@overload
+def bucket_of(car: float, thresholds: Sequence[float]) -> int: ...
+@overload
+def bucket_of(car: np.ndarray, thresholds: Sequence[float]) -> int | np.ndarray: ...
 def bucket_of(
     car: float | np.ndarray | torch.Tensor, thresholds: Sequence[float]
 ) -> int | np.ndarray | torch.Tensor:

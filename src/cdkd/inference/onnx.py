@@ -81,6 +81,8 @@ def normalization_of(ckpt: Path, hparams: dict[str, Any]) -> tuple[list[float], 
             )
         normalize = OmegaConf.to_container(OmegaConf.load(path).normalize)
         source = f"conf/model/{path.name}"
+    if not isinstance(normalize, Mapping):
+        raise CheckpointError(f"{ckpt}: normalisation {normalize} is not a mapping of mean and std")
     mean, std = [float(v) for v in normalize["mean"]], [float(v) for v in normalize["std"]]
     if len(mean) != 3 or len(std) != 3:
         raise CheckpointError(f"{ckpt}: normalisation {normalize} is not three means and stds")

@@ -8,6 +8,7 @@ In a batch padded from images of different sizes the CAR counts only each image'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -84,10 +85,14 @@ class OriginPartition(ChangeModel):
         return out
 
     def change_logit(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.teachers[0].change_logit(logits)
+        return self._reader().change_logit(logits)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.teachers[0].predict(logits)
+        return self._reader().predict(logits)
+
+    def _reader(self) -> ChangeModel:
+        """The first teacher, which reads the logits for all (they share one architecture)."""
+        return cast(ChangeModel, self.teachers[0])
 
 
 def routing_confusion(

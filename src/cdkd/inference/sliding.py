@@ -132,7 +132,7 @@ def full_resolution_logits(
     """Logits at the input's resolution, padding to a size the network accepts."""
     h, w = x1.shape[-2:]
     p1, p2 = pad_to_multiple(x1, multiple), pad_to_multiple(x2, multiple)
-    logits = resize_logits(model(p1, p2).float(), tuple(p1.shape[-2:]))
+    logits = resize_logits(model(p1, p2).float(), (p1.shape[-2], p1.shape[-1]))
     return logits[..., :h, :w]
 
 
@@ -165,7 +165,7 @@ def _run_batch(
     model: ChangeModel, firsts: list[torch.Tensor], seconds: list[torch.Tensor], multiple: int
 ) -> Iterator[torch.Tensor]:
     logits = full_resolution_logits(model, torch.cat(firsts), torch.cat(seconds), multiple)
-    yield from logits.split([x.shape[0] for x in firsts])
+    yield from torch.split(logits, [x.shape[0] for x in firsts])
 
 
 def sliding_window_logits(
