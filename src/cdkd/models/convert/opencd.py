@@ -1,0 +1,182 @@
+"""Open-CD state dicts (and the official MTKD code's, an Open-CD fork) in cdkd's keys.
+
+Each network has a list of rules: a regular expression that must match a whole Open-CD key
+and the cdkd key it becomes (``re`` replacement syntax), or ``None`` for a tensor cdkd does not
+have (a training-only head, a second name of a shared module). The first matching rule wins;
+a key no rule matches is kept as it is, so a strict load names it. Tensors whose layout differs
+(not only their name) are reshaped by the network's ``reshape`` step. The mapping of every
+network is proven against the official code by ``tests/test_official_fixtures.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+Rule = tuple[str, str | None]
+Reshape = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+#: mmseg ResNetV1c (``backbone.stem`` of three conv-BN pairs, ``layerN``) -> timm deep-stem
+#: ResNet (``conv1.0/1/3/4/6``, ``bn1``); the residual stages share their names.
+RESNET_V1C: list[Rule] = [
+    (r"stem\.([0134])\.(.*)", r"conv1.\1.\2"),
+    (r"stem\.6\.(.*)", r"conv1.6.\1"),
+    (r"stem\.7\.(.*)", r"bn1.\1"),
+    (r"(layer\d\..*)", r"\1"),
+]
+
+
+@dataclass(frozen=True)
+class NetworkMap:
+    """How one network's Open-CD keys become cdkd's: renames, then an optional reshape."""
+
+    rules: Sequence[Rule]
+    reshape: Reshape | None = None
+
+
+def prefixed(prefix: str, target: str, rules: Sequence[Rule]) -> list[Rule]:
+    """``rules`` applied below ``prefix`` (an Open-CD module path) and ``target`` (cdkd's)."""
+    out: list[Rule] = []
+    for pattern, repl in rules:
+        out.append((re.escape(prefix) + pattern, None if repl is None else target + repl))
+    return out
+
+
+def rename(state: Mapping[str, torch.Tensor], rules: Sequence[Rule]) -> dict[str, torch.Tensor]:
+    """Apply ``rules`` to every key of ``state`` (see the module docstring)."""
+    compiled = [(re.compile(pattern), repl) for pattern, repl in rules]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for pattern, repl in compiled:
+            match = pattern.fullmatch(key)
+            if match:
+                if repl is not None:
+                    out[_count_from_one(match.expand(repl))] = value
+                break
+        else:
+            out[key] = value
+    return out
+
+
+def mit_rules(src: str, dst: str) -> list[Rule]:
+    """mmseg's MixVisionTransformer below ``src`` -> smp's MiT below ``dst``.
+
+    mmseg keeps attention as ``nn.MultiheadAttention`` (one ``in_proj`` for q, k, v) and the
+    MixFFN as 1x1 convolutions; smp has ``q`` and ``kv`` linears and linear ``fc1``/``fc2``:
+    the renamed ``in_proj`` and the FFN kernels are split and flattened by :func:`mit_reshape`.
+    """
+    rules: list[Rule] = [
+        (r"layers\.(\d)\.0\.projection\.(.*)", "patch_embed<\\1>.proj.\\2"),
+        (r"layers\.(\d)\.0\.norm\.(.*)", "patch_embed<\\1>.norm.\\2"),
+        (r"layers\.(\d)\.1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", "block<\\1>.\\2.attn.in_proj_\\3"),
+        (r"layers\.(\d)\.1\.(\d+)\.attn\.attn\.out_proj\.(.*)", "block<\\1>.\\2.attn.proj.\\3"),
+        (r"layers\.(\d)\.1\.(\d+)\.attn\.(sr|norm)\.(.*)", "block<\\1>.\\2.attn.\\3.\\4"),
+        (r"layers\.(\d)\.1\.(\d+)\.(norm[12])\.(.*)", "block<\\1>.\\2.\\3.\\4"),
+        (r"layers\.(\d)\.1\.(\d+)\.ffn\.layers\.0\.(.*)", "block<\\1>.\\2.mlp.fc1.\\3"),
+        (r"layers\.(\d)\.1\.(\d+)\.ffn\.layers\.1\.(.*)", "block<\\1>.\\2.mlp.dwconv.dwconv.\\3"),
+        (r"layers\.(\d)\.1\.(\d+)\.ffn\.layers\.4\.(.*)", "block<\\1>.\\2.mlp.fc2.\\3"),
+        (r"layers\.(\d)\.2\.(.*)", "norm<\\1>.\\2"),
+    ]
+    return [(re.escape(src) + pattern, dst + repl) for pattern, repl in rules]
+
+
+def mit_reshape(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Finish :func:`mit_rules`: split ``in_proj`` into ``q`` and ``kv``, flatten 1x1 FFN kernels."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        head, _, leaf = key.rpartition(".")
+        if leaf.startswith("in_proj_"):
+            kind = leaf.removeprefix("in_proj_")
+            q, kv = value.split([value.shape[0] // 3, 2 * value.shape[0] // 3])
+            out[f"{head}.q.{kind}"] = q
+            out[f"{head}.kv.{kind}"] = kv
+        elif re.search(r"\.mlp\.fc[12]\.weight$", key) and value.ndim == 4:
+            out[key] = value.flatten(1)
+        else:
+            out[key] = value
+    return out
+
+
+def _efficientnet_stages() -> list[Rule]:
+    """torchvision EfficientNet-B4 ``features[1:4]`` -> timm's ``stages``: the first stage's
+    blocks are depthwise-separable (dw, SE, pw), the next two inverted residuals (pw, dw, SE,
+    pw-linear)."""
+    rules: list[Rule] = []
+    layouts = {1: ("conv_dw", "bn1", "se", "conv_pw", "bn2"), 2: None, 3: None}
+    for stage, layout in layouts.items():
+        src = rf"backbone\._backbone\.{stage}\.(\d+)\.block\."
+        dst = rf"stages.{stage - 1}.\1."
+        if layout is not None:
+            parts = [("0.0", "conv_dw"), ("0.1", "bn1"), ("1.fc1", "se.conv_reduce")]
+            parts += [("1.fc2", "se.conv_expand"), ("2.0", "conv_pw"), ("2.1", "bn2")]
+        else:
+            parts = [("0.0", "conv_pw"), ("0.1", "bn1"), ("1.0", "conv_dw"), ("1.1", "bn2")]
+            parts += [("2.fc1", "se.conv_reduce"), ("2.fc2", "se.conv_expand")]
+            parts += [("3.0", "conv_pwl"), ("3.1", "bn3")]
+        for old, new in parts:
+            rules.append((src + re.escape(old) + r"\.(.*)", dst + new + r".\2"))
+    return rules
+
+
+def _count_from_one(key: str) -> str:
+    """Replace ``<n>`` (a 0-based index a rule captured) by ``n + 1``."""
+    return re.sub(r"<(\d+)>", lambda m: str(int(m.group(1)) + 1), key)
+
+
+CHANGER_HEAD: list[Rule] = [
+    (r"decode_head\.conv_seg\.(.*)", r"head.classifier.1.\1"),
+    (r"decode_head\.convs\.(\d)\.conv\.(.*)", r"head.fusion.lateral.\1.0.\2"),
+    (r"decode_head\.convs\.(\d)\.bn\.(.*)", r"head.fusion.lateral.\1.1.\2"),
+    (r"decode_head\.fusion_conv\.conv\.(.*)", r"head.fusion.fuse.0.\1"),
+    (r"decode_head\.fusion_conv\.bn\.(.*)", r"head.fusion.fuse.1.\1"),
+    (r"decode_head\.neck_layer\.flow_make\.(.*)", r"head.align.flow.\1"),
+    (r"decode_head\.discriminator\.layers\.([01])\.(.*)", r"head.refine.layers.\1.\2"),
+    (r"decode_head\.discriminator\.layers\.4\.(.*)", r"head.refine.layers.3.\1"),
+]
+
+
+MAPPINGS: dict[str, NetworkMap] = {
+    "stanet_base": NetworkMap(
+        prefixed("backbone.", "backbone.", RESNET_V1C)
+        + [
+            (r"decode_head\.fpn_convs\.(\d)\.conv\.(.*)", r"lateral.\1.0.\2"),
+            (r"decode_head\.fpn_convs\.(\d)\.bn\.(.*)", r"lateral.\1.1.\2"),
+            (r"decode_head\.fpn_bottleneck\.(\d)\.conv\.(.*)", r"fuse.\1.0.\2"),
+            (r"decode_head\.fpn_bottleneck\.(\d)\.bn\.(.*)", r"fuse.\1.1.\2"),
+        ]
+    ),
+    "changer_b0": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
+    "changer_b1": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
+    "changer_r18": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + CHANGER_HEAD),
+    "changer_s50": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + CHANGER_HEAD),
+    "tinycd": NetworkMap(
+        _efficientnet_stages()
+        + [
+            (r"backbone\._backbone\.0\.(.*)", r"stem.\1"),
+            (r"backbone\._first_mix\._mixing\._convmix\.(.*)", r"first_mix.mix.block.\1"),
+            (r"backbone\._first_mix\._linear\._linears\.(.*)", r"first_mix.mlp.\1"),
+            (r"backbone\._mixing_mask\.([01])\._mixing\._convmix\.(.*)", r"mask_mixes.\1.mix.block.\2"),
+            (r"backbone\._mixing_mask\.([01])\._linear\._linears\.(.*)", r"mask_mixes.\1.mlp.\2"),
+            (r"backbone\._mixing_mask\.2\._convmix\.(.*)", r"deep_mix.block.\1"),
+            (r"backbone\._up\.(\d)\._convolution\.(.*)", r"up.\1.block.\2"),
+            (r"backbone\._classify\._linears\.(.*)", r"classifier.\1"),
+        ]
+    ),
+}
+
+
+def opencd_networks() -> list[str]:
+    """cdkd networks whose Open-CD state dicts convert."""
+    return sorted(MAPPINGS)
+
+
+def from_opencd(model: str, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Open-CD state dict of ``model`` (a cdkd network name) in cdkd's keys."""
+    if model not in MAPPINGS:
+        raise KeyError(f"no Open-CD mapping for model '{model}'")
+    mapping = MAPPINGS[model]
+    out = rename(state, mapping.rules)
+    return mapping.reshape(out) if mapping.reshape is not None else out
