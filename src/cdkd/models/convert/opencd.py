@@ -138,7 +138,28 @@ CHANGER_HEAD: list[Rule] = [
 ]
 
 
+def _fcsn() -> list[Rule]:
+    """FC-EF / FC-Siam: numbered ``convSI``/``bnSI`` (stage S, conv I) -> nested sequentials;
+    the decoder's ``convSId`` run from I = last to 1, the last (``conv11d``) without BN."""
+    rules: list[Rule] = []
+    for stage, convs in ((1, 2), (2, 2), (3, 3), (4, 3)):
+        rules.append((rf"backbone\.upconv{stage}\.(.*)", rf"upsample.{stage - 1}.\1"))
+        for conv in range(1, convs + 1):
+            enc = f"encoder.{stage - 1}.{conv - 1}"
+            dec = f"decoder.{stage - 1}.{convs - conv}"
+            rules.append((rf"backbone\.conv{stage}{conv}\.(.*)", rf"{enc}.0.\1"))
+            rules.append((rf"backbone\.bn{stage}{conv}\.(.*)", rf"{enc}.1.\1"))
+            conv_dst = dec if (stage, conv) == (1, 1) else f"{dec}.0"
+            rules.append((rf"backbone\.conv{stage}{conv}d\.(.*)", rf"{conv_dst}.\1"))
+            rules.append((rf"backbone\.bn{stage}{conv}d\.(.*)", rf"{dec}.1.\1"))
+    rules.append((r"decode_head\.conv_seg\.(.*)", r"head.1.\1"))
+    return rules
+
+
 MAPPINGS: dict[str, NetworkMap] = {
+    "fc_ef": NetworkMap(_fcsn()),
+    "fc_siam_conc": NetworkMap(_fcsn()),
+    "fc_siam_diff": NetworkMap(_fcsn()),
     "stanet_base": NetworkMap(
         prefixed("backbone.", "backbone.", RESNET_V1C)
         + [
@@ -148,6 +169,8 @@ MAPPINGS: dict[str, NetworkMap] = {
             (r"decode_head\.fpn_bottleneck\.(\d)\.bn\.(.*)", r"fuse.\1.1.\2"),
         ]
     ),
+    "changeformer_b0": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
+    "changeformer_b1": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
     "changer_b0": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
     "changer_b1": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
     "changer_r18": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + CHANGER_HEAD),
