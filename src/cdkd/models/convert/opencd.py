@@ -156,7 +156,54 @@ def _fcsn() -> list[Rule]:
     return rules
 
 
+def _conv_module(src: str, dst: str) -> list[Rule]:
+    """An mmcv ``ConvModule`` (``conv``, ``bn``) at ``src`` -> a ``Sequential(conv, bn, ...)``."""
+    rest = r"(?P<rest>.*)"
+    return [
+        (rf"{src}\.conv\.{rest}", rf"{dst}.0.\g<rest>"),
+        (rf"{src}\.bn\.{rest}", rf"{dst}.1.\g<rest>"),
+    ]
+
+
+CHANGESTAR_MIXIN: list[Rule] = [
+    (r"decode_head\.changemixin\.convs\.0\.(.*)", r"mixin.\1"),
+    (r"decode_head\.conv_seg\.(.*)", r"classifier.1.\1"),
+]
+
+
+def _farseg() -> list[Rule]:
+    """ChangeStar FarSeg: the FPN neck and FarSeg's relation and decoder modules -> ``body``;
+    FarSeg's decoder blocks alternate conv and upsampling in cdkd (block ``j`` at ``2j``)."""
+    fsr = r"decode_head\.seg_head\._fsr\."
+    rules: list[Rule] = [
+        (r"neck\.lateral_convs\.(\d)\.conv\.(.*)", r"body.laterals.\1.\2"),
+        (r"neck\.fpn_convs\.(\d)\.conv\.(.*)", r"body.smooth.\1.\2"),
+        (fsr + r"scene_encoder\.(.*)", r"body.scene_encoders.\1"),
+        *_conv_module(fsr + r"content_encoders\.(\d)\.0", r"body.content_encoders.\1"),
+        *_conv_module(fsr + r"feature_reencoders\.(\d)\.0", r"body.reencoders.\1"),
+    ]
+    for j in range(3):
+        src = rf"decode_head\.seg_head\._decoder\.blocks\.(\d)\.{j}\.0"
+        rules += _conv_module(src, rf"body.decoders.\1.{2 * j}")
+    return rules + CHANGESTAR_MIXIN
+
+
+def _upernet() -> list[Rule]:
+    """ChangeStar UPerNet: mmseg's UPerHead (PPM, laterals, FPN convs) -> ``body``."""
+    head = r"decode_head\.seg_head\."
+    return [
+        *_conv_module(head + r"psp_modules\.(\d)\.1", r"body.pools.\1.1"),
+        *_conv_module(head + r"bottleneck", r"body.pool_fuse"),
+        *_conv_module(head + r"lateral_convs\.(\d)", r"body.laterals.\1"),
+        *_conv_module(head + r"fpn_convs\.(\d)", r"body.smooth.\1"),
+        *_conv_module(head + r"fpn_bottleneck", r"body.fuse"),
+        *CHANGESTAR_MIXIN,
+    ]
+
+
 MAPPINGS: dict[str, NetworkMap] = {
+    "changestar_farseg": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _farseg()),
+    "changestar_upernet": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _upernet()),
     "fc_ef": NetworkMap(_fcsn()),
     "fc_siam_conc": NetworkMap(_fcsn()),
     "fc_siam_diff": NetworkMap(_fcsn()),
