@@ -216,6 +216,22 @@ MAPPINGS: dict[str, NetworkMap] = {
             (r"decode_head\.fpn_bottleneck\.(\d)\.bn\.(.*)", r"fuse.\1.1.\2"),
         ]
     ),
+    "bit_r18": NetworkMap(
+        prefixed("backbone.", "backbone.", RESNET_V1C)
+        + [
+            (r"decode_head\.enc_pos_embedding", "pos_embedding"),
+            (r"decode_head\.conv_seg\.(.*)", r"classifier.1.\1"),
+            (r"decode_head\.conv_att\.conv\.(.*)", r"token_attention.0.\1"),
+            (r"decode_head\.pre_process\.1\.conv\.(.*)", r"reduce.0.\1"),
+            (r"decode_head\.(\w+coder\.\d+)\.attn\.fc_out\.0\.(.*)", r"\1.attn.proj.\2"),
+            (r"decode_head\.(\w+coder\.\d+)\.attn\.(.*)", r"\1.attn.\2"),
+            (r"decode_head\.(\w+coder\.\d+)\.ff\.0\.(.*)", r"\1.ffn.0.\2"),
+            (r"decode_head\.(\w+coder\.\d+)\.ff\.3\.(.*)", r"\1.ffn.2.\2"),
+            (r"decode_head\.(\w+coder\.\d+)\.norm1\.(.*)", r"\1.norm_query.\2"),
+            (r"decode_head\.(\w+coder\.\d+)\.norm1_\.(.*)", r"\1.norm_ref.\2"),
+            (r"decode_head\.(\w+coder\.\d+)\.norm2\.(.*)", r"\1.norm_ffn.\2"),
+        ]
+    ),
     "changeformer_b0": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
     "changeformer_b1": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
     "changer_b0": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
