@@ -201,6 +201,27 @@ def _upernet() -> list[Rule]:
     ]
 
 
+def _cgnet() -> list[Rule]:
+    """CGNet: VGG stages, reductions and the change-guide modules (deepest first in cdkd)."""
+    rules: list[Rule] = [
+        (r"backbone\.(?:inc|down\d)\.(\d+)\.(.*)", r"encoder.\1.\2"),
+        *_conv_module(r"backbone\.up_layer(\d)", r"unused.up_layer\1"),
+        *_conv_module(r"backbone\.decoder\.0", "prior_head.0"),
+        (r"backbone\.decoder\.1\.(.*)", r"prior_head.1.\1"),
+        *_conv_module(r"backbone\.decoder_final\.0", "head.0"),
+        (r"backbone\.decoder_final\.1\.(.*)", r"head.1.\1"),
+    ]
+    for level in (1, 2, 3, 4):
+        rules += _conv_module(rf"backbone\.conv_reduce_{level}", f"reduce.{level - 1}")
+    for level in (2, 3, 4):
+        rules.append((rf"backbone\.cgm_{level}\.gamma", f"guides.{4 - level}.gamma"))
+        rules.append(
+            (rf"backbone\.cgm_{level}\.(query|key|value)_conv\.(.*)", rf"guides.{4 - level}.\1.\2")
+        )
+        rules += _conv_module(rf"backbone\.decoder_module{level}", f"decoder.{4 - level}")
+    return rules
+
+
 MAPPINGS: dict[str, NetworkMap] = {
     "changestar_farseg": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _farseg()),
     "changestar_upernet": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _upernet()),
@@ -232,6 +253,7 @@ MAPPINGS: dict[str, NetworkMap] = {
             (r"decode_head\.(\w+coder\.\d+)\.norm2\.(.*)", r"\1.norm_ffn.\2"),
         ]
     ),
+    "cgnet": NetworkMap(_cgnet()),
     "changeformer_b0": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
     "changeformer_b1": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
     "changer_b0": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
