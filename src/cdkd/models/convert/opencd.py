@@ -222,12 +222,31 @@ def _cgnet() -> list[Rule]:
     return rules
 
 
+def _snunet() -> list[Rule]:
+    """SNUNet: nested-UNet nodes ``convI_J`` and upsamplers ``UpI_J`` -> indexed lists; the
+    ensemble channel attention ``ca1`` (within levels) and ``ca`` (across them)."""
+    rules: list[Rule] = [(r"backbone\.conv(\d)_0\.(.*)", r"encoder.\1.\2")]
+    for j in range(1, 5):
+        rules.append((rf"backbone\.conv(\d)_{j}\.(.*)", rf"nodes.\1.{j - 1}.\2"))
+    for i in range(1, 5):
+        rules.append((rf"backbone\.Up{i}_(\d)\.up\.(.*)", rf"up.{i - 1}.\1.\2"))
+    rules += [
+        (r"backbone\.ca1\.fc1\.(.*)", r"intra_attention.mlp.0.\1"),
+        (r"backbone\.ca1\.fc2\.(.*)", r"intra_attention.mlp.2.\1"),
+        (r"backbone\.ca\.fc1\.(.*)", r"inter_attention.mlp.0.\1"),
+        (r"backbone\.ca\.fc2\.(.*)", r"inter_attention.mlp.2.\1"),
+        (r"decode_head\.conv_seg\.(.*)", r"head.1.\1"),
+    ]
+    return rules
+
+
 MAPPINGS: dict[str, NetworkMap] = {
     "changestar_farseg": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _farseg()),
     "changestar_upernet": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _upernet()),
     "fc_ef": NetworkMap(_fcsn()),
     "fc_siam_conc": NetworkMap(_fcsn()),
     "fc_siam_diff": NetworkMap(_fcsn()),
+    "snunet_c16": NetworkMap(_snunet()),
     "stanet_base": NetworkMap(
         prefixed("backbone.", "backbone.", RESNET_V1C)
         + [
