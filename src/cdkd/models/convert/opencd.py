@@ -240,12 +240,40 @@ def _snunet() -> list[Rule]:
     return rules
 
 
+def _hanet() -> list[Rule]:
+    """HANet: encoder cells ``conv0/2/4/5``, per-level fusion ``conv6_K_B`` + ``convK_1`` and
+    the channel/row/column attention of level K -> indexed lists (level K at ``K - 1``)."""
+    rules: list[Rule] = [
+        (r"backbone\.conv0_0\.(.*)", r"stem.\1"),
+        (r"backbone\.conv6\.(.*)", r"reduce.\1"),
+        (r"decode_head\.conv_seg\.(.*)", r"head.1.\1"),
+    ]
+    for index, cell in enumerate((0, 2, 4, 5)):
+        rules.append((rf"backbone\.conv{cell}\.(.*)", rf"encoder.{index}.\1"))
+    for level in range(1, 5):
+        dst = level - 1
+        rules += [
+            (rf"backbone\.conv{level}_1\.(.*)", rf"fusion.{dst}.merge.\1"),
+            (rf"backbone\.cam_attention_{level}\.attn\.(.*)", rf"attention.{dst}.channel.\1"),
+            (rf"backbone\.row_attention_{level}\.gamma", f"attention.{dst}.row.gamma"),
+            (rf"backbone\.col_attention_{level}\.gamma", f"attention.{dst}.column.gamma"),
+            (rf"backbone\.row_attention_{level}\.(\w+)_conv\.(.*)", rf"attention.{dst}.row.\1.\2"),
+            (rf"backbone\.col_attention_{level}\.(\w+)_conv\.(.*)", rf"attention.{dst}.column.\1.\2"),
+            (rf"backbone\.c{level}_conv\.(.*)", rf"unused_convs.{dst}.\1"),
+        ]
+        for branch in range(1, 5):
+            src = rf"backbone\.conv6_{level}_{branch}\.(.*)"
+            rules.append((src, rf"fusion.{dst}.branches.{branch - 1}.\1"))
+    return rules
+
+
 MAPPINGS: dict[str, NetworkMap] = {
     "changestar_farseg": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _farseg()),
     "changestar_upernet": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _upernet()),
     "fc_ef": NetworkMap(_fcsn()),
     "fc_siam_conc": NetworkMap(_fcsn()),
     "fc_siam_diff": NetworkMap(_fcsn()),
+    "hanet": NetworkMap(_hanet()),
     "snunet_c16": NetworkMap(_snunet()),
     "stanet_base": NetworkMap(
         prefixed("backbone.", "backbone.", RESNET_V1C)
