@@ -267,6 +267,35 @@ def _hanet() -> list[Rule]:
     return rules
 
 
+def _ifn() -> list[Rule]:
+    """IFN: the shared VGG (``encoder1`` and ``encoder2`` are one module) and the five decoder
+    levels ``oK`` (deepest first) with their attention, upsampling and side outputs."""
+    rules: list[Rule] = [
+        (r"backbone\.encoder1\.features\.(.*)", r"encoder.\1"),
+        (r"backbone\.encoder2\..*", None),
+        (r"backbone\.ca1\.fc1\.seq\.0\.(.*)", r"unused.ca1.mlp.0.\1"),
+        (r"backbone\.ca1\.fc2\.seq\.0\.(.*)", r"unused.ca1.mlp.2.\1"),
+        (r"backbone\.bn_ca(\d)\.(.*)", r"unused.bn_ca\1.\2"),
+        (r"backbone\.o1_conv3\.seq\.0\.(.*)", r"side_heads.0.\1"),
+        (r"backbone\.o5_conv4\.seq\.0\.(.*)", r"head.\1"),
+    ]
+    for level in (2, 3, 4):
+        rules.append((rf"backbone\.o{level}_conv4\.seq\.0\.(.*)", rf"side_heads.{level - 1}.\1"))
+    for level in range(1, 6):
+        dst = f"levels.{level - 1}"
+        rules += [
+            (rf"backbone\.sa{level}\.conv\.seq\.1\.(.*)", rf"{dst}.spatial_attention.conv.\1"),
+            (rf"backbone\.bn_sa{level}\.(.*)", rf"{dst}.norm.\1"),
+            (rf"backbone\.ca{level}\.fc1\.seq\.0\.(.*)", rf"{dst}.channel_attention.mlp.0.\1"),
+            (rf"backbone\.ca{level}\.fc2\.seq\.0\.(.*)", rf"{dst}.channel_attention.mlp.2.\1"),
+            (rf"backbone\.trans_conv{level}\.(.*)", rf"upsample.{level - 1}.\1"),
+        ]
+        for conv in range(1, 4):
+            src = rf"backbone\.o{level}_conv{conv}\.(\d)\.(.*)"
+            rules.append((src, rf"{dst}.convs.{conv - 1}.\1.\2"))
+    return rules
+
+
 MAPPINGS: dict[str, NetworkMap] = {
     "changestar_farseg": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _farseg()),
     "changestar_upernet": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _upernet()),
@@ -274,6 +303,7 @@ MAPPINGS: dict[str, NetworkMap] = {
     "fc_siam_conc": NetworkMap(_fcsn()),
     "fc_siam_diff": NetworkMap(_fcsn()),
     "hanet": NetworkMap(_hanet()),
+    "ifn": NetworkMap(_ifn()),
     "snunet_c16": NetworkMap(_snunet()),
     "stanet_base": NetworkMap(
         prefixed("backbone.", "backbone.", RESNET_V1C)
