@@ -71,7 +71,10 @@ def mit_rules(src: str, dst: str) -> list[Rule]:
     rules: list[Rule] = [
         (r"layers\.(\d)\.0\.projection\.(.*)", "patch_embed<\\1>.proj.\\2"),
         (r"layers\.(\d)\.0\.norm\.(.*)", "patch_embed<\\1>.norm.\\2"),
-        (r"layers\.(\d)\.1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", "block<\\1>.\\2.attn.in_proj_\\3"),
+        (
+            r"layers\.(\d)\.1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)",
+            "block<\\1>.\\2.attn.in_proj_\\3",
+        ),
         (r"layers\.(\d)\.1\.(\d+)\.attn\.attn\.out_proj\.(.*)", "block<\\1>.\\2.attn.proj.\\3"),
         (r"layers\.(\d)\.1\.(\d+)\.attn\.(sr|norm)\.(.*)", "block<\\1>.\\2.attn.\\3.\\4"),
         (r"layers\.(\d)\.1\.(\d+)\.(norm[12])\.(.*)", "block<\\1>.\\2.\\3.\\4"),
@@ -84,7 +87,7 @@ def mit_rules(src: str, dst: str) -> list[Rule]:
 
 
 def mit_reshape(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Finish :func:`mit_rules`: split ``in_proj`` into ``q`` and ``kv``, flatten 1x1 FFN kernels."""
+    """Finish :func:`mit_rules`: split ``in_proj`` into ``q`` and ``kv``; flatten 1x1 kernels."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         head, _, leaf = key.rpartition(".")
@@ -104,18 +107,15 @@ def _efficientnet_stages() -> list[Rule]:
     """torchvision EfficientNet-B4 ``features[1:4]`` -> timm's ``stages``: the first stage's
     blocks are depthwise-separable (dw, SE, pw), the next two inverted residuals (pw, dw, SE,
     pw-linear)."""
+    separable = [("0.0", "conv_dw"), ("0.1", "bn1"), ("1.fc1", "se.conv_reduce")]
+    separable += [("1.fc2", "se.conv_expand"), ("2.0", "conv_pw"), ("2.1", "bn2")]
+    inverted = [("0.0", "conv_pw"), ("0.1", "bn1"), ("1.0", "conv_dw"), ("1.1", "bn2")]
+    inverted += [("2.fc1", "se.conv_reduce"), ("2.fc2", "se.conv_expand")]
+    inverted += [("3.0", "conv_pwl"), ("3.1", "bn3")]
     rules: list[Rule] = []
-    layouts = {1: ("conv_dw", "bn1", "se", "conv_pw", "bn2"), 2: None, 3: None}
-    for stage, layout in layouts.items():
+    for stage, parts in ((1, separable), (2, inverted), (3, inverted)):
         src = rf"backbone\._backbone\.{stage}\.(\d+)\.block\."
         dst = rf"stages.{stage - 1}.\1."
-        if layout is not None:
-            parts = [("0.0", "conv_dw"), ("0.1", "bn1"), ("1.fc1", "se.conv_reduce")]
-            parts += [("1.fc2", "se.conv_expand"), ("2.0", "conv_pw"), ("2.1", "bn2")]
-        else:
-            parts = [("0.0", "conv_pw"), ("0.1", "bn1"), ("1.0", "conv_dw"), ("1.1", "bn2")]
-            parts += [("2.fc1", "se.conv_reduce"), ("2.fc2", "se.conv_expand")]
-            parts += [("3.0", "conv_pwl"), ("3.1", "bn3")]
         for old, new in parts:
             rules.append((src + re.escape(old) + r"\.(.*)", dst + new + r".\2"))
     return rules
@@ -258,7 +258,10 @@ def _hanet() -> list[Rule]:
             (rf"backbone\.row_attention_{level}\.gamma", f"attention.{dst}.row.gamma"),
             (rf"backbone\.col_attention_{level}\.gamma", f"attention.{dst}.column.gamma"),
             (rf"backbone\.row_attention_{level}\.(\w+)_conv\.(.*)", rf"attention.{dst}.row.\1.\2"),
-            (rf"backbone\.col_attention_{level}\.(\w+)_conv\.(.*)", rf"attention.{dst}.column.\1.\2"),
+            (
+                rf"backbone\.col_attention_{level}\.(\w+)_conv\.(.*)",
+                rf"attention.{dst}.column.\1.\2",
+            ),
             (rf"backbone\.c{level}_conv\.(.*)", rf"unused_convs.{dst}.\1"),
         ]
         for branch in range(1, 5):
@@ -306,8 +309,8 @@ MAPPINGS: dict[str, NetworkMap] = {
     "ifn": NetworkMap(_ifn()),
     "snunet_c16": NetworkMap(_snunet()),
     "stanet_base": NetworkMap(
-        prefixed("backbone.", "backbone.", RESNET_V1C)
-        + [
+        [
+            *prefixed("backbone.", "backbone.", RESNET_V1C),
             (r"decode_head\.fpn_convs\.(\d)\.conv\.(.*)", r"lateral.\1.0.\2"),
             (r"decode_head\.fpn_convs\.(\d)\.bn\.(.*)", r"lateral.\1.1.\2"),
             (r"decode_head\.fpn_bottleneck\.(\d)\.conv\.(.*)", r"fuse.\1.0.\2"),
@@ -315,8 +318,8 @@ MAPPINGS: dict[str, NetworkMap] = {
         ]
     ),
     "bit_r18": NetworkMap(
-        prefixed("backbone.", "backbone.", RESNET_V1C)
-        + [
+        [
+            *prefixed("backbone.", "backbone.", RESNET_V1C),
             (r"decode_head\.enc_pos_embedding", "pos_embedding"),
             (r"decode_head\.conv_seg\.(.*)", r"classifier.1.\1"),
             (r"decode_head\.conv_att\.conv\.(.*)", r"token_attention.0.\1"),
@@ -338,12 +341,15 @@ MAPPINGS: dict[str, NetworkMap] = {
     "changer_r18": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + CHANGER_HEAD),
     "changer_s50": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + CHANGER_HEAD),
     "tinycd": NetworkMap(
-        _efficientnet_stages()
-        + [
+        [
+            *_efficientnet_stages(),
             (r"backbone\._backbone\.0\.(.*)", r"stem.\1"),
             (r"backbone\._first_mix\._mixing\._convmix\.(.*)", r"first_mix.mix.block.\1"),
             (r"backbone\._first_mix\._linear\._linears\.(.*)", r"first_mix.mlp.\1"),
-            (r"backbone\._mixing_mask\.([01])\._mixing\._convmix\.(.*)", r"mask_mixes.\1.mix.block.\2"),
+            (
+                r"backbone\._mixing_mask\.([01])\._mixing\._convmix\.(.*)",
+                r"mask_mixes.\1.mix.block.\2",
+            ),
             (r"backbone\._mixing_mask\.([01])\._linear\._linears\.(.*)", r"mask_mixes.\1.mlp.\2"),
             (r"backbone\._mixing_mask\.2\._convmix\.(.*)", r"deep_mix.block.\1"),
             (r"backbone\._up\.(\d)\._convolution\.(.*)", r"up.\1.block.\2"),
