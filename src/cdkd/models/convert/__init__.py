@@ -1,0 +1,1 @@
+"""Converters from other projects' checkpoint layouts to cdkd's state-dict keys."""
