@@ -68,7 +68,7 @@ def mit_rules(src: str, dst: str) -> list[Rule]:
     MixFFN as 1x1 convolutions; smp has ``q`` and ``kv`` linears and linear ``fc1``/``fc2``:
     the renamed ``in_proj`` and the FFN kernels are split and flattened by :func:`mit_reshape`.
     """
-    rules: list[Rule] = [
+    rules: list[tuple[str, str]] = [
         (r"layers\.(\d)\.0\.projection\.(.*)", "patch_embed<\\1>.proj.\\2"),
         (r"layers\.(\d)\.0\.norm\.(.*)", "patch_embed<\\1>.norm.\\2"),
         (
