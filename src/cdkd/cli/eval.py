@@ -38,15 +38,13 @@ def check_checkpoints(cfg: DictConfig, paths: list[Any]) -> None:
 
     ``force=true`` skips the check (the checkpoints are still read and their model checked).
     """
-    from cdkd.training.checkpoints import check_recorded_setup, read_hparams
+    from cdkd.checkpoint_meta import read_meta
 
     if cfg.force:
         return
     thresholds = list(cfg.partition.thresholds)
     for path in paths:
-        check_recorded_setup(
-            path, read_hparams(path), thresholds, list(cfg.data.mean), list(cfg.data.std)
-        )
+        read_meta(path).check_evaluation(path, thresholds, cfg.data.mean, cfg.data.std)
 
 
 def build_origin_partition(cfg: DictConfig) -> Any:

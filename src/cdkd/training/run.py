@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cdkd.checkpoint_meta import CheckpointMeta, PartitionMeta, Source, read_meta
 from cdkd.data.datamodule import process_batch_size
 from cdkd.data.io import check_label_threshold
 from cdkd.data.transforms import AUGMENTATIONS
@@ -35,7 +36,7 @@ from cdkd.metrics import EMPTY_POLICIES
 from cdkd.models.pretrained import random_parts, resolve_all
 from cdkd.partition import PartitionScheme
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
-from cdkd.training.checkpoints import load_network, read_hparams, teacher_paths
+from cdkd.training.checkpoints import load_network, teacher_paths
 from cdkd.training.distill import DistillationModule
 from cdkd.training.losses import AVERAGES, DICE_KINDS, LOSSES
 from cdkd.training.module import NAN_POLICIES, ChangeDetectionModule
@@ -241,22 +242,43 @@ def pretrained_files(cfg: DictConfig) -> dict[str, Path]:
     return files
 
 
+def checkpoint_meta(cfg: DictConfig, teachers: Mapping[str, Path] | None = None) -> CheckpointMeta:
+    """The record the run writes into its checkpoints; the student's sources are hashed here."""
+    model = cfg.model
+    common: dict[str, Any] = {
+        "model": model.name,
+        "stage": cfg.stage.name,
+        "bucket": cfg.stage.bucket,
+        "data": cfg.data.name,
+        "partition": PartitionMeta.from_mapping(_plain(cfg.partition)),
+        "mean": tuple(float(v) for v in model.normalize.mean),
+        "std": tuple(float(v) for v in model.normalize.std),
+    }
+    if cfg.stage.kind != "distill":
+        return CheckpointMeta(**common)
+    distill = cfg.distill
+    return CheckpointMeta(
+        **common,
+        distill_lambda=float(distill["lambda"]),
+        car_rule=distill.get("car_rule", "paper"),
+        teacher_model=distill.teacher_model,
+        init=Source.hashed(distill.init),
+        teachers={bucket: Source.hashed(path) for bucket, path in (teachers or {}).items()},
+    )
+
+
 def build_module(
-    cfg: DictConfig, schedule: Schedule, files: Mapping[str, Path] | None = None
+    cfg: DictConfig,
+    schedule: Schedule,
+    meta: CheckpointMeta,
+    files: Mapping[str, Path] | None = None,
 ) -> ChangeDetectionModule:
-    """The LightningModule of the configured stage, with provenance recorded in its hparams.
+    """The LightningModule of the configured stage, recording ``meta`` in its checkpoints.
 
     ``files`` are the pretrained parts' weight files (:func:`pretrained_files`).
     """
     files = dict(files or {})
     model = cfg.model
-    meta = {
-        "stage": cfg.stage.name,
-        "bucket": cfg.stage.bucket,
-        "data": cfg.data.name,
-        "normalize": _plain(model.normalize),
-        "partition": _plain(cfg.partition),
-    }
     common: dict[str, Any] = {
         "model": model.name,
         "model_kwargs": _plain(model.kwargs),
@@ -274,25 +296,19 @@ def build_module(
         "nan_policy": cfg.nan_policy,
         "channels_last": cfg.get("channels_last"),
         "compile": bool(cfg.get("compile", False)),
-        "meta": meta,
+        "meta": meta.to_hparams(),
     }
-    if cfg.stage.kind != "distill":
+    if not meta.distilled:
         return ChangeDetectionModule(**common)
-    distill = cfg.distill
-    teachers = teacher_paths(
-        distill.teacher_dir,
-        cfg.partition.teacher_stages,
-        cfg.partition.run_suffix,
-        distill.teachers,
-    )
+    assert meta.init is not None and meta.partition is not None
     try:
         return DistillationModule(
-            init=str(distill.init),
-            teachers={bucket: str(path) for bucket, path in teachers.items()},
-            distill_lambda=float(distill["lambda"]),
-            partition=meta["partition"],
-            teacher_model=distill.teacher_model,
-            car_rule=distill.get("car_rule", "paper"),
+            init=meta.init.path,
+            teachers={bucket: source.path for bucket, source in meta.teachers.items()},
+            distill_lambda=float(meta.distill_lambda),
+            partition=meta.partition.to_dict(),
+            teacher_model=meta.teacher_model,
+            car_rule=meta.car_rule,
             **common,
         )
     except ValueError as exc:
@@ -347,7 +363,7 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
             raise ConfigError(f"{last}: resume=true but there is no checkpoint to resume from")
         path = str(last) if cfg.resume is not False and last.is_file() else None
     if path is not None:
-        read_hparams(path, expected_model=cfg.model.name)  # one-line error if corrupt or foreign
+        read_meta(path, expected_model=cfg.model.name)  # one-line error if corrupt or foreign
         log.info("resuming from %s", path)
         return path
     stale = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
@@ -427,7 +443,7 @@ def package_versions() -> dict[str, str | None]:
 
 
 def write_provenance(
-    run_dir: Path, datamodule: Any, module: ChangeDetectionModule, resumed_from: str | None
+    run_dir: Path, datamodule: Any, meta: CheckpointMeta, resumed_from: str | None
 ) -> None:
     """Record what this start of the run depends on in ``run_dir/provenance.json``.
 
@@ -446,8 +462,8 @@ def write_provenance(
         "car_index_sha256": {
             split: _checksum(datamodule, split) for split in ("train", "val", "test")
         },
-        "teacher_sha256": _plain(module.hparams.get("teacher_sha256")),
-        "init_sha256": module.hparams.get("init_sha256"),
+        "teacher_sha256": {b: src.sha256 for b, src in meta.teachers.items()} or None,
+        "init_sha256": meta.init.sha256 if meta.init is not None else None,
     }
     previous: list[Any] = []
     if resumed_from is not None and path.is_file():
@@ -495,9 +511,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if finished is not None:
         log.info("%s: already finished (delete metrics.json or resume=false to redo)", run_dir)
         return finished
-    module = build_module(cfg, schedule, files)
+    teachers = None
+    if cfg.stage.kind == "distill":
+        teachers = teacher_paths(
+            cfg.distill.teacher_dir,
+            cfg.partition.teacher_stages,
+            cfg.partition.run_suffix,
+            cfg.distill.teachers,
+        )
+    meta = checkpoint_meta(cfg, teachers)
+    module = build_module(cfg, schedule, meta, files)
     if rank_zero_only.rank == 0:
-        write_provenance(run_dir, datamodule, module, ckpt_path)
+        write_provenance(run_dir, datamodule, meta, ckpt_path)
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += [RngStateCallback(), PreemptionCheckpoint()]
