@@ -14,7 +14,7 @@ from cdkd.checkpoint_meta import META_VERSION, CheckpointMeta, PartitionMeta, So
 from cdkd.cli.common import config_dir
 from cdkd.errors import CheckpointError
 from cdkd.files import sha256_of
-from cdkd.training.run import checkpoint_meta
+from cdkd.training.build import checkpoint_meta
 
 V1 = Path(__file__).parent / "fixtures" / "runs_v1" / "synthetic" / "tinycd"
 THREE = PartitionMeta(

@@ -25,7 +25,6 @@ from cdkd.errors import CheckpointError, ConfigError
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
 from cdkd.training.module import ChangeDetectionModule, NonFiniteLossError
 from cdkd.training.run import (
-    Schedule,
     check_config,
     check_splits,
     finished_run,
@@ -33,6 +32,7 @@ from cdkd.training.run import (
     resume_checkpoint,
     train,
 )
+from cdkd.training.trainer import Schedule
 
 
 def config(*overrides: str) -> DictConfig:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
 
 
 def config_dir() -> str:
@@ -12,3 +15,9 @@ def config_dir() -> str:
         if (candidate / "train.yaml").is_file():
             return str(candidate)
     raise RuntimeError("cdkd configuration folder not found (expected conf/train.yaml)")
+
+
+def plain(value: Any) -> Any:
+    """A config value as plain Python (mappings and lists converted, scalars unchanged)."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
