@@ -7,6 +7,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from cdkd.layout import resolve
+
 
 def config_dir() -> str:
     """Absolute path of the Hydra config tree: ``conf/`` of a checkout, or the packaged copy."""
@@ -21,3 +23,11 @@ def plain(value: Any) -> Any:
     """A config value as plain Python (mappings and lists converted, scalars unchanged)."""
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
+
+def register_resolvers() -> None:
+    """Make ``${layout:...}`` available to every config composed in this process (idempotent)."""
+    if not OmegaConf.has_resolver("layout"):
+        OmegaConf.register_new_resolver("layout", resolve)
+
+
+register_resolvers()

@@ -15,7 +15,6 @@ from cdkd.checkpoint_meta import CheckpointMeta, PartitionMeta, Source
 from cdkd.config import plain
 from cdkd.errors import ConfigError
 from cdkd.models.pretrained import random_parts, resolve_all
-from cdkd.training.checkpoints import teacher_paths
 from cdkd.training.distill import DistillationModule
 from cdkd.training.module import ChangeDetectionModule
 from cdkd.training.trainer import Schedule
@@ -53,18 +52,6 @@ def pretrained_files(cfg: DictConfig) -> dict[str, Path]:
                 part.tag.replace(":", " "),
             )
     return files
-
-
-def teacher_checkpoints(cfg: DictConfig) -> dict[str, Path] | None:
-    """The student's teacher checkpoint of each bucket; ``None`` for the other stages."""
-    if cfg.stage.kind != "distill":
-        return None
-    return teacher_paths(
-        cfg.distill.teacher_dir,
-        cfg.partition.teacher_stages,
-        cfg.partition.run_suffix,
-        cfg.distill.teachers,
-    )
 
 
 def checkpoint_meta(cfg: DictConfig, teachers: Mapping[str, Path] | None = None) -> CheckpointMeta:

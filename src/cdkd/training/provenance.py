@@ -14,6 +14,7 @@ from typing import Any
 from cdkd.checkpoint_meta import CheckpointMeta
 from cdkd.errors import DataError
 from cdkd.files import write_json_atomic
+from cdkd.layout import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +70,19 @@ def package_versions() -> dict[str, str | None]:
 def write_provenance(
     run_dir: Path, datamodule: Any, meta: CheckpointMeta, resumed_from: str | None
 ) -> None:
-    """Record what this start of the run depends on in ``run_dir/provenance.json``.
+    """Record what this start of the run depends on in the run folder's provenance file.
 
     Code (git commit and dirtiness), package versions, the command line, the CAR index
     checksums of every split and, for the student, the SHA-256 of M_O and the teachers.
     Earlier starts of the same run (before a resume) are kept under ``previous``.
     """
-    path = run_dir / "provenance.json"
+    folder = RunFolder(run_dir)
+    path = folder.provenance
     record: dict[str, Any] = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": sys.argv,
         "resumed_from": resumed_from,
-        "config": "config.yaml",
+        "config": folder.config.name,
         "git": git_state(),
         "versions": package_versions(),
         "car_index_sha256": index_checksums(datamodule),

@@ -15,26 +15,25 @@ from omegaconf import DictConfig
 
 from cdkd.checkpoint_meta import read_meta
 from cdkd.errors import ConfigError
+from cdkd.layout import RunFolder
 from cdkd.training.trainer import Schedule
 
 log = logging.getLogger(__name__)
-
-# Outputs of a run that a fresh start must not mix with (moved aside, never deleted).
-RUN_OUTPUTS = ("best.ckpt", "last.ckpt", "metrics.json", "provenance.json", "eval")
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     """The checkpoint to continue from, by ``ckpt_path`` and ``resume``.
 
-    An explicit ``ckpt_path`` wins. ``resume=auto`` (default) continues from
-    ``run_dir/last.ckpt`` when it exists; ``resume=true`` requires it; ``resume=false``
-    starts afresh. A fresh start moves the outputs of an earlier run aside (to
-    ``run_dir/superseded/<time>/``) so old and new checkpoints and metrics never mix.
+    An explicit ``ckpt_path`` wins. ``resume=auto`` (default) continues from the run
+    folder's last checkpoint when it exists; ``resume=true`` requires it; ``resume=false``
+    starts afresh. A fresh start moves the outputs of an earlier run aside (see
+    :meth:`RunFolder.superseded`) so old and new checkpoints and metrics never mix.
     """
+    folder = RunFolder(run_dir)
     if cfg.ckpt_path is not None:
         path = str(cfg.ckpt_path)
     else:
-        last = run_dir / "last.ckpt"
+        last = folder.last
         if cfg.resume is True and not last.is_file():
             raise ConfigError(f"{last}: resume=true but there is no checkpoint to resume from")
         path = str(last) if cfg.resume is not False and last.is_file() else None
@@ -42,10 +41,10 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
         read_meta(path, expected_model=cfg.model.name)  # one-line error if corrupt or foreign
         log.info("resuming from %s", path)
         return path
-    stale = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    stale = [item for item in folder.outputs if item.exists()]
     if stale and rank_zero_only.rank == 0:  # other DDP ranks see the same decision
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        target = run_dir / "superseded" / stamp
+        target = folder.superseded(stamp)
         target.mkdir(parents=True)
         for item in stale:
             shutil.move(item, target / item.name)
@@ -62,8 +61,9 @@ def finished_run(
     of evaluating them again; ``None`` means there is work left (``needs_test``: also when
     the recorded results lack the test split, e.g. a student of the pipeline's grid).
     """
-    metrics_file = run_dir / "metrics.json"
-    if ckpt_path != str(run_dir / "last.ckpt") or not metrics_file.is_file():
+    folder = RunFolder(run_dir)
+    metrics_file = folder.metrics
+    if ckpt_path != str(folder.last) or not metrics_file.is_file():
         return None
     step = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
     if step < schedule.max_steps:

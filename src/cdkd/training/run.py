@@ -15,12 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from cdkd.data.datamodule import process_batch_size
 from cdkd.errors import CdkdError
 from cdkd.files import write_text_atomic
+from cdkd.layout import RunFolder, teacher_checkpoints
 from cdkd.training.build import (
     build_module,
     checkpoint_meta,
     instantiate_datamodule,
     pretrained_files,
-    teacher_checkpoints,
 )
 from cdkd.training.checks import check_config, check_splits
 from cdkd.training.evaluation import evaluate_best
@@ -55,7 +55,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     world = resolve_world_size(cfg)
     process_batch_size(int(cfg.data.batch_size), world)  # refuses an uneven split up front
     ckpt_path = resume_checkpoint(cfg, run_dir)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomic(RunFolder(run_dir).config, OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = instantiate_datamodule(cfg)
     check_splits(cfg, datamodule)
@@ -65,7 +65,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s: already finished (delete metrics.json or resume=false to redo)", run_dir)
         return finished
 
-    meta = checkpoint_meta(cfg, teacher_checkpoints(cfg))  # hashes the student's sources
+    teachers = teacher_checkpoints(cfg) if cfg.stage.kind == "distill" else None
+    meta = checkpoint_meta(cfg, teachers)  # hashes the student's sources
     module = build_module(cfg, schedule, meta, files)
     if rank_zero_only.rank == 0:
         write_provenance(run_dir, datamodule, meta, ckpt_path)
@@ -74,8 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException as exc:
         raise CdkdError(
-            f"{run_dir}: stopped by SIGTERM at step {trainer.global_step}; last.ckpt holds that "
-            "state, run the same command again to resume"
+            f"{run_dir}: stopped by SIGTERM at step {trainer.global_step}; "
+            f"{RunFolder(run_dir).last.name} holds that state, run the same command again to resume"
         ) from exc
 
     ckpt_cb = trainer.checkpoint_callback
