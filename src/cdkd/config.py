@@ -1,4 +1,4 @@
-"""Where the Hydra configuration tree lives, for the tools and the library alike."""
+"""Where the Hydra configuration tree lives, and the resolvers its configs use."""
 
 from __future__ import annotations
 
