@@ -12,7 +12,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from cdkd.analysis.sweep import (
-    SELECTION_FILE,
     select_lambda,
     selected_lambda,
     selection_markdown,
@@ -76,7 +75,7 @@ def test_an_unfinished_or_unreadable_student_is_one_line(tmp_path: Path) -> None
 
 
 def test_selected_lambda_reads_the_record_or_says_what_to_do(tmp_path: Path) -> None:
-    path = tmp_path / SELECTION_FILE
+    path = tmp_path / "selection.json"
     with pytest.raises(
         ConfigError, match=re.escape("no lambda selection; run `python -m cdkd.pipeline`")
     ):

@@ -9,7 +9,7 @@ import pytest
 
 from cdkd.cli.pipeline import eval_overrides, plan
 from cdkd.errors import ConfigError
-from cdkd.training.checkpoints import teacher_paths
+from cdkd.layout import RunLayout
 
 
 def test_three_teacher_plan_order_and_folders(tmp_path: Path) -> None:
@@ -51,8 +51,8 @@ def test_three_teacher_plan_order_and_folders(tmp_path: Path) -> None:
     eval_steps = [s for s in [*pipeline.steps, pipeline.mtkd] if s.tool == "cdkd.eval"]
     assert all("trainer.log_every_n_steps=3" not in s.overrides for s in eval_steps)
     # The student finds its teachers exactly where the teacher stages write them.
-    expected = teacher_paths(
-        model_dir, {"small": "teacher_s", "medium": "teacher_m", "large": "teacher_l"}, ""
+    expected = RunLayout(model_dir).teacher_checkpoints(
+        {"small": "teacher_s", "medium": "teacher_m", "large": "teacher_l"}
     )
     for bucket, step in zip(("small", "medium", "large"), pipeline.steps[1:4], strict=True):
         assert step.output.parent / "best.ckpt" == expected[bucket]

@@ -19,13 +19,12 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from cdkd.checkpoint_meta import CheckpointMeta
 from cdkd.cli.common import config_dir
 from cdkd.errors import CheckpointError, ConfigError
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
-from cdkd.training.checkpoints import check_recorded_setup
 from cdkd.training.module import ChangeDetectionModule, NonFiniteLossError
 from cdkd.training.run import (
-    Schedule,
     check_config,
     check_splits,
     finished_run,
@@ -33,6 +32,7 @@ from cdkd.training.run import (
     resume_checkpoint,
     train,
 )
+from cdkd.training.trainer import Schedule
 
 
 def config(*overrides: str) -> DictConfig:
@@ -306,6 +306,10 @@ def _hparams(bucket: str | None, thresholds: list[float], std: float = 58.395) -
             "partition": {"name": "three", "thresholds": thresholds},
         },
     }
+
+
+def check_recorded_setup(path: str, hparams: dict, *setup: list[float]) -> None:
+    CheckpointMeta.from_hparams(hparams, path).check_evaluation(path, *setup)
 
 
 def test_evaluation_refuses_another_partition_or_normalisation() -> None:

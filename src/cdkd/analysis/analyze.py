@@ -30,7 +30,6 @@ from cdkd.analysis.compare import (
     class_differences,
     class_markdown,
     collect_results,
-    eval_dir,
     read_metrics,
     read_per_image,
     results_csv,
@@ -40,6 +39,7 @@ from cdkd.analysis.compare import (
 )
 from cdkd.errors import ConfigError
 from cdkd.files import write_text_atomic
+from cdkd.layout import RunLayout, results_across_models
 from cdkd.partition import PartitionScheme
 
 ITEMS: tuple[str, ...] = ("car", "ranges", "classes", "visual", "models")
@@ -91,7 +91,7 @@ class Analysis:
 
     def eval_folder(self, strategy: str) -> Path:
         """Where ``cdkd.eval`` wrote ``strategy`` for the configured split."""
-        return eval_dir(self.cfg.model_dir, strategy, self.cfg.split, self.suffix)
+        return RunLayout(Path(self.cfg.model_dir), self.suffix).eval_dir(strategy, self.cfg.split)
 
     def per_image(self) -> dict[str, PerImage]:
         """``per_image.csv`` of every compared strategy, in image order of the first."""
@@ -212,7 +212,7 @@ def write_models(analysis: Analysis) -> list[Path]:
     cfg, suffix = analysis.cfg, analysis.suffix
     data_dir = Path(cfg.results_dir)
     results = collect_results(data_dir, suffix)
-    stem = data_dir / f"results{suffix}"
+    stem = results_across_models(data_dir, suffix)
     partitions = sorted({str(r.get("partition", "?")) for r in results})
     title = f"{cfg.data.name} test, all models ({'/'.join(partitions)} teachers)"
     write_text_atomic(stem.with_suffix(".md"), results_markdown(results, title))
@@ -220,10 +220,8 @@ def write_models(analysis: Analysis) -> list[Path]:
     written = [stem.with_suffix(".md"), stem.with_suffix(".csv")]
     differences = {}
     for result in results:
-        model_dir = data_dir / result["model"]
-        files = [
-            eval_dir(model_dir, s, cfg.split, suffix) / "metrics.json" for s in ("original", "mtkd")
-        ]
+        layout = RunLayout(data_dir / result["model"], suffix)
+        files = [layout.eval_dir(s, cfg.split) / "metrics.json" for s in ("original", "mtkd")]
         if all(f.is_file() for f in files):
             base, student = (read_metrics(f)["per_image"] for f in files)
             differences[result["model"]] = class_differences(base, student)

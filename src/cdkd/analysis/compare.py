@@ -8,7 +8,6 @@ fractions in [0, 1] in memory and in CSV files; Markdown shows percentages as th
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -18,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from cdkd.analysis.tables import percent
+from cdkd.analysis.tables import csv_text, markdown_table, percent
 from cdkd.errors import ConfigError, DataError
 from cdkd.files import natural_key
+from cdkd.layout import model_results
 from cdkd.metrics.change import CLASSES, MEAN_KEYS, METRIC_KEYS
 from cdkd.partition import PartitionScheme
 
@@ -32,11 +32,6 @@ CLASS_METRICS: tuple[str, ...] = ("IoU", "Acc", "Precision", "Fscore")
 
 class MissingInput(DataError):
     """An evaluation output that has not been produced yet; the message says how to make it."""
-
-
-def eval_dir(model_dir: str | Path, strategy: str, split: str = "test", suffix: str = "") -> Path:
-    """Where ``cdkd.eval`` writes ``strategy`` on ``split``: ``eval/<strategy><suffix>/<split>``."""
-    return Path(model_dir) / "eval" / f"{strategy}{suffix}" / split
 
 
 @dataclass(frozen=True)
@@ -66,13 +61,8 @@ class PerImage:
 def read_per_image(path: str | Path, hint: str = "") -> PerImage:
     """Parse a ``per_image.csv`` of ``cdkd.eval``.
 
-    Args:
-        path: The CSV file.
-        hint: Appended to the message when the file does not exist (e.g. the command to run).
-
-    Raises:
-        MissingInput: the file does not exist.
-        DataError: a column is missing, a value is not a number, a name repeats or no rows.
+    A missing file is :class:`MissingInput` (``hint`` appended, e.g. the command to run); a
+    missing column, a value that is not a number, a repeated name or no rows is a DataError.
     """
     path = Path(path)
     if not path.is_file():
@@ -201,19 +191,8 @@ def car_range_markdown(
 
 def car_range_csv(rows: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> str:
     """:func:`car_range_rows` as CSV text (fractions)."""
-    return csv_text(
-        ["group", "count", "car_min", "car_max", *strategies],
-        [
-            [
-                row["group"],
-                row["count"],
-                row["car_min"],
-                row["car_max"],
-                *(row[s] for s in strategies),
-            ]
-            for row in rows
-        ],
-    )
+    keys = ["group", "count", "car_min", "car_max", *strategies]
+    return csv_text(keys, [[row[key] for key in keys] for row in rows])
 
 
 def class_differences(
@@ -363,14 +342,11 @@ def _count_share(count: int, total: int) -> str:
 
 
 def collect_results(data_dir: str | Path, suffix: str = "") -> list[dict[str, Any]]:
-    """Every ``<data_dir>/<model>/results<suffix>.json`` written by the pipeline, by model name."""
-    data_dir = Path(data_dir)
-    files = sorted(
-        data_dir.glob(f"*/results{suffix}.json"), key=lambda p: natural_key(p.parent.name)
-    )
+    """The pipeline results of every model under ``data_dir`` (the run layout's), by model name."""
+    files = sorted(model_results(data_dir, suffix), key=lambda p: natural_key(p.parent.name))
     if not files:
         raise MissingInput(
-            f"{data_dir}: no */results{suffix}.json; "
+            f"{data_dir}: no model has pipeline results (partition suffix '{suffix}'); "
             "run `python -m cdkd.pipeline` for a model first"
         )
     results = []
@@ -406,37 +382,6 @@ def results_csv(results: Sequence[Mapping[str, Any]]) -> str:
         for strategy, values in result["rows"].items()
     ]
     return csv_text(["model", "strategy", "partition", "lambda", *MEAN_KEYS], rows)
-
-
-def markdown_table(
-    header: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    title: str,
-    note: str = "",
-    align: Sequence[str] | None = None,
-) -> str:
-    """A Markdown table under a bold title line and an optional italic note."""
-    marks = {"left": ":---", "right": "---:", "center": ":---:"}
-    align = align or ["left"] * len(header)
-    lines = [f"**{title}**", ""] + ([f"_{note}_", ""] if note else [])
-    lines.append(_row(header))
-    lines.append("| " + " | ".join(marks[a] for a in align) + " |")
-    lines.extend(_row(cells) for cells in rows)
-    return "\n".join(lines) + "\n"
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-
-def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """CSV text with floats written to six decimals (NaN as ``nan``)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in row])
-    return buffer.getvalue()
 
 
 def strategy_label(strategy: str) -> str:

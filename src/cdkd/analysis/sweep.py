@@ -17,38 +17,37 @@ from rich.table import Table
 
 from cdkd.analysis.tables import percent
 from cdkd.errors import ConfigError, DataError
+from cdkd.layout import RunFolder
 from cdkd.metrics.change import MEAN_KEYS
 
-#: The file in the students' folder that records the pipeline's choice of lambda.
-SELECTION_FILE = "selection.json"
 SELECTION_RULE = "highest validation per-image mIoU; ties go to the smaller lambda"
 
 
 def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Rows ``{lambda, run, val: {...}, test: {...}}`` of every finished run, by lambda.
 
-    A run is a sub-folder holding the ``config.yaml`` and ``metrics.json`` a training run
-    writes; unfinished runs (no ``metrics.json``) are listed with empty metrics.
+    A run is a sub-folder holding the config and metrics files a training run writes
+    (:class:`RunFolder`); unfinished runs (no metrics yet) are listed with empty metrics.
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise DataError(f"{sweep_dir}: sweep folder not found")
     rows = []
-    for config in sorted(sweep_dir.glob("*/config.yaml")):
-        run = config.parent
-        cfg = OmegaConf.load(config)
-        metrics_file = run / "metrics.json"
+    runs = [RunFolder(path) for path in sorted(sweep_dir.iterdir()) if path.is_dir()]
+    for run in (run for run in runs if run.config.is_file()):
+        cfg = OmegaConf.load(run.config)
+        metrics_file = run.metrics
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         rows.append(
             {
                 "lambda": float(cfg.distill["lambda"]),
-                "run": str(run),
+                "run": str(run.path),
                 "val": metrics.get("val", {}).get("per_image", {}),
                 "test": metrics.get("test", {}).get("per_image", {}),
             }
         )
     if not rows:
-        raise DataError(f"{sweep_dir}: no runs (sub-folders with config.yaml) found")
+        raise DataError(f"{sweep_dir}: no runs (sub-folders with a run's config) found")
     return sorted(rows, key=lambda r: r["lambda"])
 
 
@@ -63,8 +62,8 @@ def best_run(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def validation_metrics(run_dir: str | Path) -> dict[str, float]:
-    """The validation per-image metrics a finished run recorded in its ``metrics.json``."""
-    metrics_file = Path(run_dir) / "metrics.json"
+    """The validation per-image metrics a finished run recorded in its metrics file."""
+    metrics_file = RunFolder(Path(run_dir)).metrics
     if not metrics_file.is_file():
         raise DataError(f"{metrics_file}: not found; the run has not finished")
     try:
@@ -78,7 +77,7 @@ def select_lambda(runs: dict[float, Path]) -> dict[str, Any]:
 
     Every run of the grid must have finished (a missing one is an error naming its file:
     choosing among part of the grid would change the search silently). Returns the record
-    written to ``selection.json``: the rule, the grid, each lambda's run folder and
+    written to the run layout's selection file: the rule, the grid, each lambda's run folder and
     validation metrics, and the chosen lambda with its run folder.
     """
     if not runs:
@@ -99,7 +98,7 @@ def select_lambda(runs: dict[float, Path]) -> dict[str, Any]:
 
 
 def selected_lambda(path: str | Path) -> float:
-    """The lambda recorded in a ``selection.json``; one line if there is none or it is bad."""
+    """The lambda recorded in a selection file; one line if there is none or it is bad."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(

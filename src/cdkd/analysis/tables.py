@@ -6,8 +6,10 @@ them into the percentages that the paper prints (0.71254 -> ``71.25``).
 
 from __future__ import annotations
 
+import csv
+import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.table import Table
@@ -98,3 +100,34 @@ def metrics_table(result: Mapping[str, Any], title: str) -> Table:
             cells = (percent(values[f"{name}_{cls}"]) for name in _METRIC_NAMES)
             table.add_row("", cls, *cells, end_section=i == len(CLASSES) - 1)
     return table
+
+
+def markdown_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    title: str,
+    note: str = "",
+    align: Sequence[str] | None = None,
+) -> str:
+    """A Markdown table under a bold title line and an optional italic note."""
+    marks = {"left": ":---", "right": "---:", "center": ":---:"}
+    align = align or ["left"] * len(header)
+    lines = [f"**{title}**", ""] + ([f"_{note}_", ""] if note else [])
+    lines.append(_row(header))
+    lines.append("| " + " | ".join(marks[a] for a in align) + " |")
+    lines.extend(_row(cells) for cells in rows)
+    return "\n".join(lines) + "\n"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """CSV text with floats written to six decimals (NaN as ``nan``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in row])
+    return buffer.getvalue()

@@ -7,7 +7,6 @@ For O-P it also reports the routing confusion (ground-truth vs predicted CAR buc
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,20 +16,9 @@ from rich.table import Table
 
 from cdkd.cli.common import command
 from cdkd.errors import ConfigError
+from cdkd.layout import teacher_checkpoints
 
 STRATEGIES = ("original", "op", "mtkd")
-
-
-def op_teacher_paths(cfg: DictConfig) -> dict[str, Path]:
-    """The teacher checkpoint of each bucket for O-P inference."""
-    from cdkd.training.checkpoints import teacher_paths
-
-    return teacher_paths(
-        cfg.distill.teacher_dir,
-        cfg.partition.teacher_stages,
-        cfg.partition.run_suffix,
-        cfg.distill.teachers,
-    )
 
 
 def check_checkpoints(cfg: DictConfig, paths: list[Any]) -> None:
@@ -38,15 +26,13 @@ def check_checkpoints(cfg: DictConfig, paths: list[Any]) -> None:
 
     ``force=true`` skips the check (the checkpoints are still read and their model checked).
     """
-    from cdkd.training.checkpoints import check_recorded_setup, read_hparams
+    from cdkd.checkpoint_meta import read_meta
 
     if cfg.force:
         return
     thresholds = list(cfg.partition.thresholds)
     for path in paths:
-        check_recorded_setup(
-            path, read_hparams(path), thresholds, list(cfg.data.mean), list(cfg.data.std)
-        )
+        read_meta(path).check_evaluation(path, thresholds, cfg.data.mean, cfg.data.std)
 
 
 def build_origin_partition(cfg: DictConfig) -> Any:
@@ -56,7 +42,7 @@ def build_origin_partition(cfg: DictConfig) -> Any:
     from cdkd.training.checkpoints import load_network, load_teacher
 
     scheme = PartitionScheme.from_config(cfg.partition)
-    paths = op_teacher_paths(cfg)
+    paths = teacher_checkpoints(cfg)
     origin = load_network(cfg.distill.init, expected_model=cfg.model.name)
     teacher_model = cfg.distill.teacher_model
     teachers = [load_teacher(paths[b], teacher_model, scheme, b) for b in scheme.buckets]
@@ -66,8 +52,8 @@ def build_origin_partition(cfg: DictConfig) -> Any:
 def student_lambda(cfg: DictConfig) -> tuple[float, str]:
     """The lambda whose student strategy=mtkd evaluates, and where it came from.
 
-    ``distill.lambda`` when given; otherwise the pipeline's ``selection.json`` decides and
-    ``cfg`` is set to its lambda, so the checkpoint follows the run-folder convention.
+    ``distill.lambda`` when given; otherwise the pipeline's selection decides and ``cfg`` is
+    set to its lambda, so the checkpoint is that student's in the run layout.
     """
     from cdkd.analysis.sweep import selected_lambda
 
@@ -111,7 +97,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.strategy == "op":
         if cfg.checkpoint is not None:
             raise ConfigError("strategy=op takes distill.init and distill.teachers, not checkpoint")
-        check_checkpoints(cfg, [cfg.distill.init, *op_teacher_paths(cfg).values()])
+        check_checkpoints(cfg, [cfg.distill.init, *teacher_checkpoints(cfg).values()])
         model = build_origin_partition(cfg)
         extra["origin"] = str(cfg.distill.init)
     else:

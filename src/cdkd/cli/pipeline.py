@@ -3,9 +3,9 @@
 Runs, in order and skipping every step whose outputs already exist: the baseline M_O, the
 CAR-partition teachers, the evaluation of the original model and of O-P inference, one
 student per value of ``distill.lambdas`` (scored on validation only), the choice of lambda by
-validation per-image mIoU (``<student folder>/selection.json``), and the test evaluation of
-the selected student; then writes the paper's Table III block for the model, with the
-lambda-vs-validation table, to ``<runs>/<data>/<model>/results<suffix>.md`` and ``.json``.
+validation per-image mIoU (the run layout's selection file), and the test evaluation of the
+selected student; then writes the paper's Table III block for the model, with the
+lambda-vs-validation table, to the run layout's results files (``.md`` and ``.json``).
 
 Every argument is a Hydra override passed on to the stages (``model=changer_b1 data=jl1cd
 partition=two trainer.devices=2``); overrides that only concern training are not passed to
@@ -30,6 +30,7 @@ from rich.markup import escape
 from cdkd.cli.common import config_dir, config_error_message
 from cdkd.errors import CdkdError, ConfigError
 from cdkd.files import write_json_atomic, write_text_atomic
+from cdkd.layout import RunFolder, RunLayout
 
 #: Table III rows: the strategy's label and the evaluation that produces it.
 STRATEGY_ROWS = (("-", "original"), ("O-P", "op"), ("MTKD", "mtkd"))
@@ -119,15 +120,15 @@ def plan(overrides: list[str]) -> Plan:
     steps = []
     for stage in stages:
         stage_overrides = [*overrides, f"stage={stage}"]
-        run_dir = Path(compose_config("train", stage_overrides).run_dir)
-        steps.append(Step("cdkd.train", tuple(stage_overrides), run_dir / "metrics.json"))
+        run = RunFolder(Path(compose_config("train", stage_overrides).run_dir))
+        steps.append(Step("cdkd.train", tuple(stage_overrides), run.metrics))
     evals = {}
     for _, strategy in STRATEGY_ROWS:
         eval_list = [*for_eval, f"strategy={strategy}"]
         evals[strategy] = Step(
             "cdkd.eval",
             tuple(eval_list),
-            Path(compose_config("eval", eval_list).out_dir) / "metrics.json",
+            RunFolder(Path(compose_config("eval", eval_list).out_dir)).metrics,
         )
     steps += [evals["original"], evals["op"]]
     students = {}
@@ -135,7 +136,7 @@ def plan(overrides: list[str]) -> Plan:
         # Selection must never see test: the students are scored on validation only.
         student = [*overrides, "stage=student", f"distill.lambda={lam!r}", "test_after_fit=false"]
         students[lam] = Path(compose_config("train", student).run_dir)
-        steps.append(Step("cdkd.train", tuple(student), students[lam] / "metrics.json"))
+        steps.append(Step("cdkd.train", tuple(student), RunFolder(students[lam]).metrics))
     eval_cfg = compose_config("eval", for_eval)
     return Plan(
         steps=steps,
@@ -164,7 +165,7 @@ def run_step(step: Step, console: Console, redo: str = "") -> None:
 
 
 def select(pipeline: Plan) -> dict[str, Any]:
-    """Choose lambda among the finished students and record it in ``selection.json``."""
+    """Choose lambda among the finished students and record it in the selection file."""
     from cdkd.analysis.sweep import select_lambda
 
     selection = select_lambda(pipeline.students)
@@ -180,10 +181,10 @@ def evaluated_other_student(metrics_file: Path, selection: dict[str, Any]) -> bo
         recorded = Path(json.loads(metrics_file.read_text())["checkpoint"])
     except (ValueError, KeyError, TypeError):
         return True
-    return recorded.resolve() != (Path(selection["selected"]["run"]) / "best.ckpt").resolve()
+    return recorded.resolve() != RunFolder(Path(selection["selected"]["run"])).best.resolve()
 
 
-def collect_results(pipeline: Plan, selection: dict[str, Any]) -> dict[str, Any]:
+def table_iii_results(pipeline: Plan, selection: dict[str, Any]) -> dict[str, Any]:
     """Table III block of the model (per-image averaged) from the evaluations' metrics.
 
     The MTKD row is the selected student's; ``lambda_selection`` holds the grid with each
@@ -231,11 +232,11 @@ def titles(results: dict[str, Any]) -> tuple[str, str]:
 
 
 def write_results(results: dict[str, Any], eval_cfg: DictConfig) -> Path:
-    """Write ``results<suffix>.json`` and ``.md`` next to the model's runs."""
+    """Write the model's results (``.json`` and ``.md``) where the run layout keeps them."""
     from cdkd.analysis.sweep import selection_markdown
     from cdkd.analysis.tables import strategy_markdown
 
-    stem = Path(eval_cfg.model_dir) / f"results{eval_cfg.partition.run_suffix}"
+    stem = RunLayout(Path(eval_cfg.model_dir), str(eval_cfg.partition.run_suffix)).results
     test_title, val_title = titles(results)
     selection = results["lambda_selection"]
     markdown = strategy_markdown(results["rows"], test_title) + "\n"
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         stale = evaluated_other_student(pipeline.mtkd.output, selection)
         run_step(pipeline.mtkd, console, "the selected student changed" if stale else "")
-        results = collect_results(pipeline, selection)
+        results = table_iii_results(pipeline, selection)
         stem = write_results(results, pipeline.eval_cfg)
     except CdkdError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from cdkd.checkpoint_meta import CheckpointMeta
 from cdkd.config import config_dir
 from cdkd.errors import CheckpointError, ConfigError, DataError, brief
 from cdkd.models import ChangeModel
@@ -71,7 +72,7 @@ def normalization_of(ckpt: Path, hparams: dict[str, Any]) -> tuple[list[float], 
     The checkpoint's recorded ``meta.normalize`` when present, else the model config's default
     (``conf/model/<name>.yaml``), which is what training records.
     """
-    normalize = (hparams.get("meta") or {}).get("normalize")
+    normalize = CheckpointMeta.from_hparams(hparams, ckpt).normalize
     source = "checkpoint"
     if not normalize:
         path = Path(config_dir()) / "model" / f"{hparams['model']}.yaml"
@@ -79,7 +80,8 @@ def normalization_of(ckpt: Path, hparams: dict[str, Any]) -> tuple[list[float], 
             raise CheckpointError(
                 f"{ckpt}: no normalisation recorded and no config {path} to take it from"
             )
-        normalize = OmegaConf.to_container(OmegaConf.load(path).normalize)
+        loaded: Any = OmegaConf.to_container(OmegaConf.load(path).normalize)
+        normalize = loaded
         source = f"conf/model/{path.name}"
     if not isinstance(normalize, Mapping):
         raise CheckpointError(f"{ckpt}: normalisation {normalize} is not a mapping of mean and std")
@@ -122,7 +124,7 @@ def export_onnx(
         "std": json.dumps(std),
         "normalization": "RGB pixels in 0-255, (pixel - mean) / std per channel",
         "normalization_source": source,
-        "stage": str((hparams.get("meta") or {}).get("stage")),
+        "stage": str(CheckpointMeta.from_hparams(hparams, ckpt).stage),
         "source_checkpoint": ckpt.name,
         "source_sha256": sha256_of(ckpt),
     }

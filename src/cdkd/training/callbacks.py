@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cdkd.files import atomic_path
+from cdkd.layout import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,12 @@ class RngStateCallback(Callback):
 
 
 class PreemptionCheckpoint(Callback):
-    """On SIGTERM (a cluster's pre-emption notice) save ``last.ckpt`` before the run exits.
+    """On SIGTERM (a cluster's pre-emption notice) save the run layout's last checkpoint.
 
     Lightning turns SIGTERM into :class:`SIGTERMException` at the next batch end; this saves
-    the state reached then. ``best.ckpt`` is left alone: an interrupted state was never
-    validated. Other exceptions (e.g. a non-finite loss) save nothing, so ``last.ckpt`` keeps
-    the last good state.
+    the state reached then. The best checkpoint is left alone: an interrupted state was never
+    validated. Other exceptions (e.g. a non-finite loss) save nothing, so the last checkpoint
+    keeps the last good state.
     """
 
     def on_exception(
@@ -116,6 +117,6 @@ class PreemptionCheckpoint(Callback):
         checkpoint = trainer.checkpoint_callback
         if not isinstance(checkpoint, ModelCheckpoint) or checkpoint.dirpath is None:
             return
-        path = Path(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+        path = RunFolder(Path(checkpoint.dirpath)).last
         trainer.save_checkpoint(path)
         log.warning("SIGTERM at step %d: saved %s", trainer.global_step, path)

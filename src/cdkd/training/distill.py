@@ -21,11 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cdkd.files import sha256_of
 from cdkd.models import ChangeModel
+from cdkd.models.checkpoint import read_hparams
 from cdkd.ops import resize_logits
 from cdkd.partition import PartitionScheme, bucket_of, change_area_ratio
-from cdkd.training.checkpoints import load_teacher, read_hparams
+from cdkd.training.checkpoints import load_teacher
 from cdkd.training.module import ChangeDetectionModule
 
 #: How a training sample's CAR picks its teacher: ``paper``, changed / valid pixels with
@@ -78,9 +78,9 @@ class DistillationModule(ChangeDetectionModule):
     """The MTKD student: a :class:`ChangeDetectionModule` plus frozen CAR-routed teachers.
 
     The teachers are deliberately not sub-modules: they are neither saved in the student's
-    checkpoints (their paths and SHA-256 are recorded instead), nor handed to the optimizer,
-    nor wrapped by DDP (each rank holds a replica), and Lightning's ``train()`` calls leave
-    them in eval mode.
+    checkpoints (the run records their paths and SHA-256 in its checkpoint metadata), nor
+    handed to the optimizer, nor wrapped by DDP (each rank holds a replica), and Lightning's
+    ``train()`` calls leave them in eval mode.
 
     Args:
         init: M_O checkpoint the student starts from (all weights, strictly).
@@ -120,10 +120,6 @@ class DistillationModule(ChangeDetectionModule):
             load_teacher(teachers[b], teacher_model, self.scheme, b).eval().requires_grad_(False)
             for b in self.scheme.buckets
         ]
-        self.hparams.update(
-            teacher_sha256={b: sha256_of(teachers[b]) for b in self.scheme.buckets},
-            init_sha256=sha256_of(init),
-        )
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
