@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from factories import run_tool
+from tests.factories import run_tool
 
 
 @pytest.fixture(scope="module")

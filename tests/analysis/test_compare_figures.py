@@ -41,7 +41,7 @@ from cdkd.cli.pipeline import compose_config
 from cdkd.errors import ConfigError, DataError
 from cdkd.metrics import METRIC_KEYS
 from cdkd.partition import PartitionScheme
-from factories import run_tool
+from tests.factories import run_tool
 
 SIZE = 32
 TEST_IMAGES = 10

@@ -9,7 +9,7 @@ import pytest
 
 from cdkd.data import ChangeDataModule
 from cdkd.errors import DataError
-from conftest import write_pair
+from tests.factories import write_pair
 
 NAMES = ["scene one", "Überschwemmung_2023", "变化 3"]
 

@@ -11,7 +11,7 @@ import torch
 
 from cdkd.models import create_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_dryrun.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "paper_dryrun.py"
 
 
 def load_script():

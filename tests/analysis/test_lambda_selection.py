@@ -22,7 +22,7 @@ from cdkd.cli.common import config_dir
 from cdkd.cli.eval import main as eval_main
 from cdkd.cli.pipeline import evaluated_other_student
 from cdkd.errors import ConfigError, DataError
-from factories import save_checkpoint
+from tests.factories import save_checkpoint
 
 
 def finished_run(

@@ -11,8 +11,8 @@ import torch
 from cdkd.errors import CdkdError, ConfigError
 from cdkd.models import create_model, list_models
 
-FIXTURES = Path(__file__).parent / "fixtures"
-TINYCD_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/weights/tinycd"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+TINYCD_WEIGHTS = Path(__file__).resolve().parents[3] / "shared/weights/tinycd"
 
 #: Parameter counts of the Open-CD builds, counted with Open-CD's own modules.
 EXACT_PARAMS = {

@@ -22,7 +22,7 @@ from cdkd.models.complexity import count_parameters
 from cdkd.training.distill import DistillationModule
 from cdkd.training.losses import build_loss
 from cdkd.training.module import ChangeDetectionModule
-from factories import TWO, save_checkpoint, save_teachers
+from tests.factories import TWO, save_checkpoint, save_teachers
 
 MODELS = list_models()
 STAGES = ("baseline", "teacher_s", "teacher_m", "teacher_l", "student")

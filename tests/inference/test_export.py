@@ -19,7 +19,7 @@ from cdkd.errors import CheckpointError
 from cdkd.inference.onnx import export_onnx, normalization_of, write_onnx
 from cdkd.models import ChangeModel
 from cdkd.training.checkpoints import load_network
-from factories import save_checkpoint
+from tests.factories import save_checkpoint
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from cdkd.analysis.zoo import zoo_markdown
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
 
 def test_model_zoo_page_is_up_to_date() -> None:

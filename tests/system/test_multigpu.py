@@ -17,7 +17,7 @@ from cdkd.data import ChangeDataModule
 from cdkd.data.datamodule import process_batch_size
 from cdkd.errors import ConfigError
 from cdkd.training.run import resolve_schedule, resolve_world_size, train
-from factories import run_tool
+from tests.factories import run_tool
 
 
 def config(*overrides: str) -> DictConfig:

@@ -14,7 +14,7 @@ import pytest
 
 from cdkd.data.io import write_mask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def console_scripts() -> dict[str, str]:

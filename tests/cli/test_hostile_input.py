@@ -34,8 +34,8 @@ from cdkd.cli.common import config_dir
 from cdkd.data.car_index import cache_path
 from cdkd.inference.geotiff import MASK_NODATA
 from cdkd.models import create_model
-from conftest import write_pair
-from factories import run_tool, save_checkpoint
+from tests.factories import write_pair
+from tests.factories import run_tool, save_checkpoint
 
 MODEL = "fc_ef"
 # 4 training pairs of 32 px, batch 2, one optimizer step: the smallest real run.

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 
 from cdkd.cli.common import config_dir
 from cdkd.training.run import instantiate_datamodule
-from factories import run_tool
+from tests.factories import run_tool
 
 STAGES = ("baseline", "teacher_s")
 

@@ -15,7 +15,7 @@ from cdkd.data import IMAGENET_MEAN, IMAGENET_STD, ChangeDataModule
 from cdkd.errors import ConfigError, DataError
 from cdkd.training.run import instantiate_datamodule
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def _module(root: Path, **kwargs: object) -> ChangeDataModule:

@@ -27,7 +27,7 @@ from cdkd.inference.geotiff import (
 )
 from cdkd.inference.sliding import TileGrid, full_resolution_logits, sliding_window_logits
 from cdkd.models import ChangeModel, create_model
-from factories import save_checkpoint
+from tests.factories import save_checkpoint
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]

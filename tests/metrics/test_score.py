@@ -14,7 +14,7 @@ from cdkd.data.io import write_mask
 from cdkd.errors import DataError
 from cdkd.metrics import ChangeMetrics
 from cdkd.metrics.score import score_folders
-from factories import run_tool
+from tests.factories import run_tool
 
 
 def make_pair(root: Path, n: int = 4, size: int = 32) -> tuple[Path, Path, list[tuple]]:

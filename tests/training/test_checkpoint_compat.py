@@ -14,7 +14,7 @@ from cdkd.cli.common import config_dir
 from cdkd.cli.eval import main as eval_main
 from cdkd.models.checkpoint import load_network
 
-FIXTURE = Path(__file__).parent / "fixtures" / "runs_v1"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "runs_v1"
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from factories import run_tool, save_checkpoint, save_teachers
+from tests.factories import run_tool, save_checkpoint, save_teachers
 
 MAX_STEPS = 6
 STEPS_PER_EPOCH = 3
