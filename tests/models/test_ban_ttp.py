@@ -14,6 +14,7 @@ from cdkd.models import create_model, get_entry
 from cdkd.models.complexity import count_gmacs, count_parameters
 from cdkd.models.zoo.ban import BAN
 from cdkd.models.zoo.ttp import LoRALinear, TimeGate, TimeTravellingPixels
+from tests.factories import image_pair
 
 #: Exact sizes of the JL1-CD builds (Table II: 91.346, 112.609 and 254.987 M).
 BAN_PARAMS = {
@@ -26,14 +27,6 @@ TTP_SMALL = get_entry("ttp_sam_l").info.test_overrides
 #: The small test encoders: timm constructor arguments of the quick-test ViT and SAM.
 SMALL_VIT = BAN_SMALL["encoder_overrides"]
 SAM_SMALL = TTP_SMALL["encoder_overrides"]
-
-
-def _pair(batch: int = 2, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(batch, 3, size, size, generator=gen),
-        torch.randn(batch, 3, size, size, generator=gen),
-    )
 
 
 def _trainable(model: torch.nn.Module) -> set[str]:
@@ -66,7 +59,7 @@ def test_ban_output_shape_and_encoder_input_resolution() -> None:
         lambda _module, args: seen.append(tuple(args[0].shape))
     )
     with torch.no_grad():
-        logits = model(*_pair(batch=2, size=64))
+        logits = model(*image_pair(batch=2, size=64))
     assert logits.shape == (2, 2, 16, 16)
     # Both dates go through the ViT at its own resolution, not the input's.
     assert seen == [(4, 3, 32, 32)]
@@ -74,7 +67,7 @@ def test_ban_output_shape_and_encoder_input_resolution() -> None:
 
 def test_ban_trains_only_the_side_branch_and_decoder() -> None:
     model = create_model("ban_vit_b", **BAN_SMALL).train()
-    model(*_pair(size=32)).sum().backward()
+    model(*image_pair(size=32)).sum().backward()
     assert all(p.grad is None for p in model.encoder.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None for p in trainable)
@@ -122,9 +115,9 @@ def test_ttp_full_size_on_meta_device() -> None:
 def test_ttp_output_is_the_fixed_head_grid() -> None:
     model = create_model("ttp_sam_l", **TTP_SMALL).eval()
     with torch.no_grad():
-        assert model(*_pair(batch=3, size=64)).shape == (3, 2, 16, 16)
+        assert model(*image_pair(batch=3, size=64)).shape == (3, 2, 16, 16)
         # The grid does not follow the input size.
-        assert model(*_pair(batch=1, size=32)).shape == (1, 2, 16, 16)
+        assert model(*image_pair(batch=1, size=32)).shape == (1, 2, 16, 16)
 
 
 @pytest.mark.parametrize(("train_gates", "train_neck"), [(True, False), (False, True)])
@@ -209,7 +202,7 @@ def test_grad_checkpointing_gives_the_same_gradients(name: str) -> None:
         part = model.branch if name.startswith("ban") else model.encoder
         assert part.grad_checkpointing == enabled
         torch.manual_seed(1)
-        model(*_pair(size=32)).square().mean().backward()
+        model(*image_pair(size=32)).square().mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     for key, grad in grads[0].items():

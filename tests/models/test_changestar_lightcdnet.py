@@ -9,9 +9,10 @@ import torch
 
 from cdkd.errors import ConfigError
 from cdkd.models import create_model
-from cdkd.models.complexity import count_gmacs
+from cdkd.models.complexity import count_gmacs, count_parameters
 from cdkd.models.registry import AUX_PREFIX
 from cdkd.models.zoo.lightcdnet import CrissCrossAttention
+from tests.factories import image_pair
 
 #: Parameter counts of the Open-CD builds (Table II: 16.965, 13.952 and 0.342 M).
 EXACT_PARAMS = {
@@ -24,21 +25,9 @@ CHANGESTAR = ["changestar_farseg", "changestar_upernet"]
 LIGHTCDNET_UNUSED = ("stages.2.2.", "stages.2.3.", "attention.2.")
 
 
-def _num_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _pair(batch: int = 2, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(batch, 3, size, size, generator=gen),
-        torch.randn(batch, 3, size, size, generator=gen),
-    )
-
-
 @pytest.mark.parametrize("name", sorted(EXACT_PARAMS))
 def test_parameter_count(name: str) -> None:
-    assert _num_params(create_model(name)) == EXACT_PARAMS[name]
+    assert count_parameters(create_model(name)) == EXACT_PARAMS[name]
 
 
 @pytest.mark.parametrize(
@@ -52,7 +41,7 @@ def test_parameter_count(name: str) -> None:
 def test_output_shape(name: str, shape: tuple[int, ...]) -> None:
     model = create_model(name).eval()
     with torch.no_grad():
-        assert model(*_pair()).shape == shape
+        assert model(*image_pair(size=32)).shape == shape
     assert model.out_channels == shape[1]
 
 
@@ -65,8 +54,8 @@ def test_runs_on_the_meta_device(name: str) -> None:
 def test_changestar_aux_output_is_the_reverse_direction(name: str) -> None:
     """The auxiliary logit is t2->t1: the same network reading the dates the other way round."""
     model = create_model(name, aux_heads=True).eval()
-    assert _num_params(model) == EXACT_PARAMS[name]
-    x1, x2 = _pair()
+    assert count_parameters(model) == EXACT_PARAMS[name]
+    x1, x2 = image_pair(size=32)
     with torch.no_grad():
         main, aux = model.forward_with_aux(x1, x2)
         assert len(aux) == 1
@@ -79,14 +68,14 @@ def test_changestar_aux_output_is_the_reverse_direction(name: str) -> None:
 def test_changestar_without_aux_heads_returns_one_direction(name: str) -> None:
     model = create_model(name).eval()
     with torch.no_grad():
-        _, aux = model.forward_with_aux(*_pair(batch=1))
+        _, aux = model.forward_with_aux(*image_pair(batch=1, size=32))
     assert aux == []
 
 
 @pytest.mark.parametrize("name", CHANGESTAR)
 def test_changestar_both_directions_train_every_parameter(name: str) -> None:
     model = create_model(name, aux_heads=True).train()
-    main, aux = model.forward_with_aux(*_pair())
+    main, aux = model.forward_with_aux(*image_pair(size=32))
     (main.square().mean() + aux[0].square().mean()).backward()
     for param_name, param in model.named_parameters():
         assert param.grad is not None, f"{param_name} gets no gradient"
@@ -102,7 +91,7 @@ def test_lightcdnet_aux_head_is_built_only_on_request(tmp_path: Path) -> None:
     model = create_model("lightcdnet_s", aux_heads=True).eval()
     extra = {k for k in model.state_dict() if k not in create_model("lightcdnet_s").state_dict()}
     assert extra and all(k.startswith(AUX_PREFIX) for k in extra)
-    x1, x2 = _pair()
+    x1, x2 = image_pair(size=32)
     with torch.no_grad():
         main, aux = model.forward_with_aux(x1, x2)
         assert [a.shape for a in aux] == [(2, 2, 16, 16)]
@@ -118,7 +107,7 @@ def test_lightcdnet_aux_head_is_built_only_on_request(tmp_path: Path) -> None:
 def test_lightcdnet_takes_open_cds_stage_features() -> None:
     """Stage 3's last two units and its attention never reach the output; all else does."""
     model = create_model("lightcdnet_s").train()
-    model(*_pair()).square().mean().backward()
+    model(*image_pair(size=32)).square().mean().backward()
     for name, param in model.named_parameters():
         if name.startswith(LIGHTCDNET_UNUSED):
             assert param.grad is None, name

@@ -10,6 +10,8 @@ import torch
 
 from cdkd.errors import CdkdError, ConfigError
 from cdkd.models import create_model, list_models
+from cdkd.models.complexity import count_parameters
+from tests.factories import image_pair
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 TINYCD_WEIGHTS = Path(__file__).resolve().parents[3] / "shared/weights/tinycd"
@@ -33,37 +35,25 @@ AUTHORS_HEAD = {"head_hidden": (16, 8), "head_final_prelu": False}
 OUT_CHANNELS = {"fc_ef": 2, "fc_siam_conc": 2, "fc_siam_diff": 2, "tinycd": 1}
 
 
-def _num_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _pair(batch: int = 2, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(batch, 3, size, size, generator=gen),
-        torch.randn(batch, 3, size, size, generator=gen),
-    )
-
-
 def test_registry_lists_the_four_models() -> None:
     assert set(EXACT_PARAMS) <= set(list_models())
 
 
 @pytest.mark.parametrize("name", sorted(EXACT_PARAMS))
 def test_parameter_count_matches_table_ii(name: str) -> None:
-    count = _num_params(create_model(name))
+    count = count_parameters(create_model(name))
     assert count == EXACT_PARAMS[name]
     assert abs(count / 1e6 - TABLE_PARAMS[name]) / TABLE_PARAMS[name] < 0.002
 
 
 def test_tinycd_authors_head_parameter_count() -> None:
-    assert _num_params(create_model("tinycd", **AUTHORS_HEAD)) == 285_128
+    assert count_parameters(create_model("tinycd", **AUTHORS_HEAD)) == 285_128
 
 
 @pytest.mark.parametrize("name", sorted(EXACT_PARAMS))
 def test_forward_shape_and_gradients(name: str) -> None:
     model = create_model(name).train()
-    x1, x2 = _pair()
+    x1, x2 = image_pair()
     logits = model(x1, x2)
     assert logits.shape == (2, OUT_CHANNELS[name], 64, 64)
     assert model.out_channels == OUT_CHANNELS[name]
@@ -78,7 +68,7 @@ def test_fc_models_keep_odd_input_sizes(name: str) -> None:
     """Pooling drops a row/column at odd sizes; the decoder pads back to the skip's size."""
     model = create_model(name).eval()
     with torch.no_grad():
-        assert model(*_pair(batch=1, size=50)).shape == (1, 2, 50, 50)
+        assert model(*image_pair(batch=1, size=50)).shape == (1, 2, 50, 50)
 
 
 def test_fc_models_refuse_pretrained() -> None:
@@ -92,7 +82,7 @@ def test_own_checkpoint_round_trip(name: str, tmp_path: Path) -> None:
     path = tmp_path / f"{name}.pt"
     torch.save(model.state_dict(), path)
     loaded = create_model(name, weights=path).eval()
-    x1, x2 = _pair(batch=1)
+    x1, x2 = image_pair(batch=1)
     with torch.no_grad():
         assert torch.equal(model(x1, x2), loaded(x1, x2))
 
@@ -103,8 +93,8 @@ def test_tinycd_own_checkpoint_keeps_the_authors_head(tmp_path: Path) -> None:
     path = tmp_path / "tinycd_long_head.pt"
     torch.save(model.state_dict(), path)
     loaded = create_model("tinycd", weights=path).eval()
-    assert _num_params(loaded) == 285_128
-    x1, x2 = _pair(batch=1)
+    assert count_parameters(loaded) == 285_128
+    x1, x2 = image_pair(batch=1)
     with torch.no_grad():
         assert torch.equal(model(x1, x2), loaded(x1, x2))
 
@@ -141,7 +131,7 @@ def test_tinycd_reproduces_the_authors_release(release: str) -> None:
         pytest.skip(f"{weights} is not available")
     fixture = torch.load(FIXTURES / f"tinycd_{release}.pt", weights_only=True)
     model = create_model("tinycd", weights=weights).eval()
-    assert _num_params(model) == 285_128
+    assert count_parameters(model) == 285_128
     with torch.no_grad():
         logit = model(fixture["image1"], fixture["image2"])
     assert logit.shape == fixture["prob"].shape == (1, 1, 64, 64)

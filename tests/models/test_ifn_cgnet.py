@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from cdkd.models import backbones, create_model
 from cdkd.models.zoo import cgnet
+from tests.factories import image_pair
 
 #: Parameter counts of the Open-CD builds (model_zoo.md 2.3 and 2.12).
 EXACT_PARAMS = {"ifn": 35_994_813, "cgnet": 38_989_317}
@@ -23,14 +24,6 @@ UNUSED_PARAMS = {
 SIZE = 32
 #: Value the stand-in for timm's ImageNet weights fills every tensor with.
 MARK = 1e-3
-
-
-def _pair(batch: int = 2, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return (
-        torch.randn(batch, 3, size, size, generator=gen),
-        torch.randn(batch, 3, size, size, generator=gen),
-    )
 
 
 def _count(module: torch.nn.Module, trainable: bool | None = None) -> int:
@@ -60,7 +53,7 @@ def test_ifn_side_heads_are_counted_but_trained_only_with_aux_heads() -> None:
 def test_every_trainable_parameter_gets_a_gradient(name: str, aux_heads: bool) -> None:
     """No trainable parameter is left out of the loss (data-parallel training needs this)."""
     model = create_model(name, aux_heads=aux_heads).train()
-    logits, aux = model.forward_with_aux(*_pair())
+    logits, aux = model.forward_with_aux(*image_pair(size=SIZE))
     loss = logits.mean() + sum(a.mean() for a in aux)
     loss.backward()
     for param_name, param in model.named_parameters():
@@ -72,7 +65,7 @@ def test_every_trainable_parameter_gets_a_gradient(name: str, aux_heads: bool) -
 
 
 def test_ifn_outputs_full_resolution_and_side_outputs_at_strides_16_to_2() -> None:
-    x1, x2 = _pair()
+    x1, x2 = image_pair(size=SIZE)
     model = create_model("ifn", aux_heads=True).eval()
     with torch.no_grad():
         logits, aux = model.forward_with_aux(x1, x2)
@@ -107,7 +100,7 @@ def test_ifn_pretrained_loads_imagenet_vgg_and_freezes_it(
     assert "frozen" in caplog.text and str(path) in caplog.text
     assert all((p == MARK).all() and not p.requires_grad for p in model.encoder.parameters())
     assert all(p.requires_grad for p in model.levels.parameters())
-    model(*_pair()).mean().backward()
+    model(*image_pair(size=SIZE)).mean().backward()
     assert all(p.grad is None for p in model.encoder.parameters())
     assert model.head.weight.grad is not None
 
@@ -119,7 +112,7 @@ def test_cgnet_pretrained_loads_imagenet_vgg_bn_and_keeps_it_trainable(tmp_path:
 
 
 def test_cgnet_outputs_and_change_prior_at_full_resolution() -> None:
-    x1, x2 = _pair()
+    x1, x2 = image_pair(size=SIZE)
     model = create_model("cgnet", aux_heads=True).eval()
     with torch.no_grad():
         logits, aux = model.forward_with_aux(x1, x2)
@@ -130,7 +123,7 @@ def test_cgnet_outputs_and_change_prior_at_full_resolution() -> None:
 
 
 def test_cgnet_fuses_the_dates_in_the_order_t2_t1() -> None:
-    x1, x2 = _pair()
+    x1, x2 = image_pair(size=SIZE)
     model = create_model("cgnet").eval()
     seen: list[torch.Tensor] = []
     model.reduce[0].register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
@@ -145,7 +138,7 @@ def test_cgnet_taps_are_activated_except_the_deepest() -> None:
     """The reference's in-place ReLUs activate the first three taps, never the deepest."""
     model = create_model("cgnet").eval()
     with torch.no_grad():
-        taps = model._encode(_pair()[0])
+        taps = model._encode(image_pair(size=SIZE)[0])
     assert [t.shape[1] for t in taps] == list(cgnet.FUSED_WIDTHS)
     assert [t.shape[-1] for t in taps] == [SIZE // 2, SIZE // 4, SIZE // 8, SIZE // 16]
     assert all((t >= 0).all() for t in taps[:3])

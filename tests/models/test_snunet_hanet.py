@@ -10,19 +10,12 @@ import torch
 from cdkd.errors import ConfigError
 from cdkd.models import create_model
 from cdkd.models.zoo.hanet import AxialAttention, ChannelSelfAttention
+from tests.factories import image_pair
 
 #: Parameter counts of the Open-CD builds (``SNUNet_ECAM`` c16 and ``HAN`` with base 40, each
 #: with its 1x1 FCN classifier), counted with Open-CD's own modules.
 EXACT_PARAMS = {"snunet_c16": 3_012_178, "hanet": 3_028_166}
 NAMES = sorted(EXACT_PARAMS)
-
-
-def _pair(
-    batch: int = 2, height: int = 64, width: int = 64, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    shape = (batch, 3, height, width)
-    return torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -35,7 +28,7 @@ def test_parameter_count_is_exact(name: str) -> None:
 def test_full_resolution_two_channel_logits(name: str, height: int, width: int) -> None:
     model = create_model(name).eval()
     with torch.no_grad():
-        logits = model(*_pair(batch=1, height=height, width=width))
+        logits = model(*image_pair(batch=1, size=(height, width)))
     assert model.out_channels == 2
     assert logits.shape == (1, 2, height, width)
     assert torch.isfinite(logits).all()
@@ -61,7 +54,7 @@ def test_own_checkpoint_round_trip(name: str, tmp_path: Path) -> None:
     path = tmp_path / f"{name}.pt"
     torch.save(model.state_dict(), path)
     loaded = create_model(name, weights=path).eval()
-    x1, x2 = _pair(batch=1, height=32, width=32)
+    x1, x2 = image_pair(batch=1, size=32)
     with torch.no_grad():
         assert torch.equal(model(x1, x2), loaded(x1, x2))
 
@@ -79,7 +72,7 @@ def test_snunet_bottleneck_sees_only_the_second_date() -> None:
     model = create_model("snunet_c16").eval()
     calls: list[torch.Tensor] = []
     model.encoder[-1].register_forward_hook(lambda _m, args, _out: calls.append(args[0]))
-    x1, x2 = _pair(batch=1, height=32, width=32)
+    x1, x2 = image_pair(batch=1, size=32)
     with torch.no_grad():
         model(x1, x2)
         model(x1 + 1.0, x2)
@@ -89,7 +82,7 @@ def test_snunet_bottleneck_sees_only_the_second_date() -> None:
 
 def test_snunet_output_depends_on_both_dates() -> None:
     model = create_model("snunet_c16").eval()
-    x1, x2 = _pair(batch=1, height=32, width=32)
+    x1, x2 = image_pair(batch=1, size=32)
     with torch.no_grad():
         base = model(x1, x2)
         assert not torch.allclose(model(x1 + 1.0, x2), base)
@@ -99,7 +92,7 @@ def test_snunet_output_depends_on_both_dates() -> None:
 def test_hanet_gradients_reach_every_used_parameter() -> None:
     """All parameters learn except the four convs the reference builds but never calls."""
     model = create_model("hanet").train()
-    model(*_pair(batch=2, height=16, width=16)).square().mean().backward()
+    model(*image_pair(size=16)).square().mean().backward()
     for name, param in model.named_parameters():
         if name.startswith("unused_convs."):
             assert param.grad is None, name

@@ -13,13 +13,9 @@ from cdkd.models import create_model
 from cdkd.models.complexity import count_parameters
 from cdkd.training.distill import align_logits
 from cdkd.training.losses import build_loss
+from tests.factories import image_pair
 
 SIZE = 64
-
-
-def image_pair(n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    return torch.randn(n, 3, SIZE, SIZE), torch.randn(n, 3, SIZE, SIZE)
 
 
 @pytest.mark.parametrize(("name", "params"), [("stanet_base", 12_764_256), ("bit_r18", 2_989_638)])
@@ -38,7 +34,7 @@ def test_runs_on_the_meta_device(name: str, shape: tuple[int, ...]) -> None:
 
 def test_stanet_outputs_the_distance_between_the_date_embeddings() -> None:
     model = create_model("stanet_base").eval()
-    x1, x2 = image_pair()
+    x1, x2 = image_pair(size=SIZE)
     with torch.no_grad():
         distance = model(x1, x2)
         e1, e2 = model.embed(x1), model.embed(x2)
@@ -88,7 +84,7 @@ def test_stanet_config_keeps_open_cds_bcl_normaliser() -> None:
 
 def test_bit_backbone_stops_at_stride_eight_without_dilation() -> None:
     model = create_model("bit_r18").eval()
-    x1, _ = image_pair()
+    x1, _ = image_pair(size=SIZE)
     with torch.no_grad():
         (features,) = model.backbone(x1)
     assert features.shape == (2, 256, SIZE // 8, SIZE // 8)
@@ -98,7 +94,7 @@ def test_bit_backbone_stops_at_stride_eight_without_dilation() -> None:
 
 def test_bit_logits_are_full_size_and_treat_the_dates_alike() -> None:
     model = create_model("bit_r18").eval()
-    x1, x2 = image_pair(1)
+    x1, x2 = image_pair(1, SIZE)
     with torch.no_grad():
         logits = model(x1, x2)
         # Only the positional embedding tells the dates apart: without it, swapping them
