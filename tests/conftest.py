@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from cdkd.config import config_dir
-from tests.factories import make_dataset, write_pair
+from tests.factories import Composer, make_dataset, write_pair
 
 # Nothing in the suite may download weights: the hub client refuses, and cdkd reports it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,7 +55,7 @@ def _has_paths(name: str) -> bool:
 
 
 @pytest.fixture
-def compose_config(tmp_path: Path) -> Callable[..., DictConfig]:
+def compose_config(tmp_path: Path) -> Composer:
     """Compose ``conf/<name>.yaml`` as ``python -m cdkd.<name> OVERRIDES`` would.
 
     ``paths.data_dir`` and ``paths.runs_dir`` point into ``tmp_path`` (``data/``, ``runs/``)

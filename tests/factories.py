@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import DictConfig
 from PIL import Image
 
 from cdkd.models import get_entry
 from cdkd.training.module import ChangeDetectionModule
 
 FOLDERS = ("A", "B", "label")
+
+#: Type of the ``compose_config`` fixture: ``compose_config(name, *overrides) -> DictConfig``.
+Composer = Callable[..., DictConfig]
 
 THREE: dict[str, Any] = {
     "name": "three",

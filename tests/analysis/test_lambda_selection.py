@@ -8,8 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 from cdkd.analysis.sweep import (
     SELECTION_FILE,
@@ -18,11 +16,10 @@ from cdkd.analysis.sweep import (
     selection_markdown,
 )
 from cdkd.cli import report
-from cdkd.cli.common import config_dir
 from cdkd.cli.eval import main as eval_main
 from cdkd.cli.pipeline import evaluated_other_student
 from cdkd.errors import ConfigError, DataError
-from tests.factories import save_checkpoint
+from tests.factories import Composer, save_checkpoint
 
 
 def finished_run(
@@ -99,15 +96,11 @@ def test_an_evaluation_of_another_student_is_stale(tmp_path: Path) -> None:
     assert not evaluated_other_student(metrics, selection)
 
 
-def eval_config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
-
-
 def test_eval_mtkd_takes_the_selected_student_unless_lambda_is_given(
     tmp_path: Path,
     dataset_factory: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
+    compose_config: Composer,
 ) -> None:
     root = dataset_factory({"val": 2, "test": 2})
     common = [
@@ -119,7 +112,7 @@ def test_eval_mtkd_takes_the_selected_student_unless_lambda_is_given(
         "strategy=mtkd",
         "device=cpu",
     ]
-    cfg = eval_config(*common)
+    cfg = compose_config("eval", *common)
     student_root = Path(cfg.selection).parent
     assert student_root == tmp_path / "runs" / "folder" / "fc_ef" / "student"
     for i, lam in enumerate((1e-3, 1e-2)):
@@ -141,7 +134,7 @@ def test_eval_mtkd_takes_the_selected_student_unless_lambda_is_given(
     assert out["checkpoint"] == str(runs[1e-2] / "best.ckpt")
     assert "lambda=0.01 (selected on validation" in capsys.readouterr().out
 
-    eval_main.__wrapped__(eval_config(*common, "distill.lambda=1e-3"))
+    eval_main.__wrapped__(compose_config("eval", *common, "distill.lambda=1e-3"))
     out = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
     assert out["lambda"] == 1e-3 and out["checkpoint"] == str(runs[1e-3] / "best.ckpt")
 

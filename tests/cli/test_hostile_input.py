@@ -25,17 +25,14 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 from rasterio.transform import Affine
 
-from cdkd.cli.common import config_dir
 from cdkd.data.car_index import cache_path
 from cdkd.inference.geotiff import MASK_NODATA
 from cdkd.models import create_model
-from tests.factories import write_pair
-from tests.factories import run_tool, save_checkpoint
+from tests.factories import Composer, run_tool, save_checkpoint, write_pair
 
 MODEL = "fc_ef"
 # 4 training pairs of 32 px, batch 2, one optimizer step: the smallest real run.
@@ -65,37 +62,41 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CDKD_RUNS_DIR", str(tmp_path / "runs"))
 
 
-def compose_config(name: str, *overrides: str) -> DictConfig:
-    """The config Hydra would compose for ``python -m cdkd.<name> OVERRIDES``."""
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
-
-
 def task(tool: str) -> Callable[[DictConfig], Any]:
     """The body of ``python -m cdkd.<tool>`` after Hydra: the task wrapped by report_errors."""
     return importlib.import_module(f"cdkd.cli.{tool}").main.__wrapped__
 
 
-def fails_with_one_line(capsys: pytest.CaptureFixture[str], tool: str, *overrides: str) -> str:
-    """Run ``cdkd.<tool>``; it must exit with status 1 after one ``error:`` line on stderr."""
-    cfg = compose_config(tool, *overrides)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        task(tool)(cfg)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 1, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: "), err
-    return err
+@pytest.fixture
+def fails_with_one_line(
+    capsys: pytest.CaptureFixture[str], compose_config: Composer
+) -> Callable[..., str]:
+    """Run ``cdkd.<tool> OVERRIDES``; it must exit with status 1 after one ``error:`` line."""
+
+    def run(tool: str, *overrides: str) -> str:
+        cfg = compose_config(tool, *overrides)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            task(tool)(cfg)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 1, err
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith("error: "), err
+        return err
+
+    return run
 
 
-def eval_fails(
-    capsys: pytest.CaptureFixture[str], root: Path, checkpoint: Path, out_dir: Path
-) -> str:
-    """``cdkd.eval`` of ``checkpoint`` on the dataset at ``root`` must fail with one line."""
-    overrides = [f"model={MODEL}", "data=folder", f"data.root={root}"]
-    overrides += [f"checkpoint={checkpoint}", f"out_dir={out_dir}", "device=cpu"]
-    return fails_with_one_line(capsys, "eval", *overrides)
+@pytest.fixture
+def eval_fails(fails_with_one_line: Callable[..., str]) -> Callable[[Path, Path, Path], str]:
+    """``cdkd.eval`` of a checkpoint on the dataset at a root must fail with one line."""
+
+    def run(root: Path, checkpoint: Path, out_dir: Path) -> str:
+        overrides = [f"model={MODEL}", "data=folder", f"data.root={root}"]
+        overrides += [f"checkpoint={checkpoint}", f"out_dir={out_dir}", "device=cpu"]
+        return fails_with_one_line("eval", *overrides)
+
+    return run
 
 
 def assert_no_temporaries(root: Path) -> None:
@@ -221,13 +222,13 @@ def _symlink_loop(split: Path) -> tuple[Path, str]:
 )
 def test_bad_file_stops_training_with_one_line(
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    fails_with_one_line: Callable[..., str],
     split: str,
     corrupt: Callable[[Path], tuple[Path, str]],
 ) -> None:
     root, run_dir = tiny_dataset(tmp_path / "ds"), tmp_path / "run"
     bad, problem = corrupt(root / split)
-    err = fails_with_one_line(capsys, "train", *train_overrides(root, run_dir))
+    err = fails_with_one_line("train", *train_overrides(root, run_dir))
     assert f"{bad}: " in err and problem in err
     assert_run_not_started(run_dir)
     assert not cache_path(root / ".cdkd_cache", root / split).exists()
@@ -235,19 +236,21 @@ def test_bad_file_stops_training_with_one_line(
 
 
 def test_truncated_tiff_stops_training_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fails_with_one_line: Callable[..., str]
 ) -> None:
     root, run_dir = tiny_dataset(tmp_path / "ds", suffix=".tif"), tmp_path / "run"
     bad = root / "train" / "B" / "2.tif"
     truncate(bad)
-    err = fails_with_one_line(capsys, "train", *train_overrides(root, run_dir))
+    err = fails_with_one_line("train", *train_overrides(root, run_dir))
     assert f"{bad}: unreadable or corrupt image" in err
     assert_run_not_started(run_dir)
     assert not cache_path(root / ".cdkd_cache", root / "train").exists()
     assert_no_temporaries(tmp_path)
 
 
-def test_names_with_spaces_and_unicode_train_and_evaluate_end_to_end(tmp_path: Path) -> None:
+def test_names_with_spaces_and_unicode_train_and_evaluate_end_to_end(
+    tmp_path: Path, compose_config: Composer
+) -> None:
     names = ("scene one", "Überschwemmung 2023", "变化 3", "n° 4")
     root, run_dir = tiny_dataset(tmp_path / "ds", names=names), tmp_path / "run"
     (root / "train" / "A" / ".DS_Store").write_bytes(b"hidden junk is skipped")
@@ -287,7 +290,9 @@ def write_float_scene(path: Path, data: np.ndarray) -> Path:
     return path
 
 
-def test_nan_and_inf_in_a_geotiff_are_written_as_nodata(tmp_path: Path, checkpoint: Path) -> None:
+def test_nan_and_inf_in_a_geotiff_are_written_as_nodata(
+    tmp_path: Path, checkpoint: Path, compose_config: Composer
+) -> None:
     rng = np.random.default_rng(4)
     a, b = rng.random((2, 3, 40, 48), dtype=np.float32)
     a[:, 5:8, 10:14] = np.nan
@@ -317,7 +322,7 @@ def test_nan_and_inf_in_a_geotiff_are_written_as_nodata(tmp_path: Path, checkpoi
 
 
 def test_unreadable_pair_gets_no_prediction_and_a_non_zero_exit(
-    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str], compose_config: Composer
 ) -> None:
     for folder in ("A", "B"):
         (tmp_path / "in" / folder).mkdir(parents=True)
@@ -365,13 +370,13 @@ def _pickled_network_of_another_model(path: Path) -> str:
     ],
 )
 def test_checkpoint_of_another_model_is_refused_by_eval(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], write: Callable[[Path], str]
+    tmp_path: Path, eval_fails: Callable[[Path, Path, Path], str], write: Callable[[Path], str]
 ) -> None:
     root = tiny_dataset(tmp_path / "ds")
     other = tmp_path / "other.ckpt"
     expected = write(other)
     out_dir = tmp_path / "eval"
-    err = eval_fails(capsys, root, other, out_dir)
+    err = eval_fails(root, other, out_dir)
     assert err == f"error: {expected}"
     assert not out_dir.exists()
     assert not (root / ".cdkd_cache").exists()
@@ -379,7 +384,7 @@ def test_checkpoint_of_another_model_is_refused_by_eval(
 
 
 def test_weights_of_another_model_are_refused_by_predict(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, fails_with_one_line: Callable[..., str]
 ) -> None:
     other = save_checkpoint(tmp_path / "other.ckpt", "fc_siam_diff")
     for folder in ("A", "B"):
@@ -387,7 +392,6 @@ def test_weights_of_another_model_are_refused_by_predict(
         rgb_image(32, 32).save(tmp_path / "in" / folder / "x.png")
     out = tmp_path / "out"
     err = fails_with_one_line(
-        capsys,
         "predict",
         f"model={MODEL}",
         f"weights={other}",
@@ -401,13 +405,13 @@ def test_weights_of_another_model_are_refused_by_predict(
 
 
 def test_truncated_checkpoint_is_refused_by_eval(
-    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, checkpoint: Path, eval_fails: Callable[[Path, Path, Path], str]
 ) -> None:
     root = tiny_dataset(tmp_path / "ds")
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     out_dir = tmp_path / "eval"
-    err = eval_fails(capsys, root, cut, out_dir)
+    err = eval_fails(root, cut, out_dir)
     assert f"{cut}: unreadable or truncated checkpoint (PytorchStreamReader failed" in err
     assert not out_dir.exists()
     assert_no_temporaries(tmp_path)
@@ -415,7 +419,7 @@ def test_truncated_checkpoint_is_refused_by_eval(
 
 @pytest.mark.parametrize("source", ["ckpt_path", "last.ckpt"])
 def test_truncated_checkpoint_is_refused_as_resume_source(
-    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str], source: str
+    tmp_path: Path, checkpoint: Path, fails_with_one_line: Callable[..., str], source: str
 ) -> None:
     root, run_dir = tiny_dataset(tmp_path / "ds"), tmp_path / "run"
     run_dir.mkdir()
@@ -423,7 +427,7 @@ def test_truncated_checkpoint_is_refused_as_resume_source(
     cut.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     before = cut.read_bytes()
     extra = [f"ckpt_path={cut}"] if source == "ckpt_path" else []
-    err = fails_with_one_line(capsys, "train", *train_overrides(root, run_dir, *extra))
+    err = fails_with_one_line("train", *train_overrides(root, run_dir, *extra))
     assert f"{cut}: unreadable or truncated checkpoint" in err
     assert cut.read_bytes() == before  # neither replaced nor moved aside
     expected = ["last.ckpt"] if source == "last.ckpt" else []
@@ -489,10 +493,10 @@ def test_config_composition_errors_are_one_line_and_exit_1(
     ],
 )
 def test_out_of_range_override_stops_before_anything_is_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], words: list[str]
+    tmp_path: Path, fails_with_one_line: Callable[..., str], overrides: list[str], words: list[str]
 ) -> None:
     root, run_dir = tiny_dataset(tmp_path / "ds"), tmp_path / "run"
-    err = fails_with_one_line(capsys, "train", *train_overrides(root, run_dir, *overrides))
+    err = fails_with_one_line("train", *train_overrides(root, run_dir, *overrides))
     assert all(word in err for word in words), err
     assert not run_dir.exists()
     assert not (root / ".cdkd_cache").exists()

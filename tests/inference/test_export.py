@@ -10,16 +10,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from cdkd.cli.common import config_dir
 from cdkd.cli.export import main
 from cdkd.errors import CheckpointError
 from cdkd.inference.onnx import export_onnx, normalization_of, write_onnx
 from cdkd.models import ChangeModel
 from cdkd.training.checkpoints import load_network
-from tests.factories import save_checkpoint
+from tests.factories import Composer, save_checkpoint
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
@@ -61,7 +59,7 @@ def test_exported_graph_matches_pytorch_at_two_sizes(tmp_path: Path, model: str)
 
 
 def test_export_rejects_a_checkpoint_that_is_not_from_cdkd(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], compose_config: Composer
 ) -> None:
     from cdkd.models import create_model
 
@@ -71,8 +69,7 @@ def test_export_rejects_a_checkpoint_that_is_not_from_cdkd(
         export_onnx(plain, tmp_path / "x.onnx", size=32)
     assert str(exc.value) == f"{plain}: not a cdkd training checkpoint (no recorded model)"
     assert not (tmp_path / "x.onnx").exists()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("export", overrides=[f"ckpt={plain}", f"out={tmp_path / 'x.onnx'}"])
+    cfg = compose_config("export", f"ckpt={plain}", f"out={tmp_path / 'x.onnx'}")
     with pytest.raises(SystemExit) as code:
         main.__wrapped__(cfg)
     assert code.value.code == 1

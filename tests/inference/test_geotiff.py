@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,10 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from rasterio.transform import Affine
 from torch import nn
 
-from cdkd.cli.common import config_dir
 from cdkd.errors import ConfigError, DataError
 from cdkd.inference.geotiff import (
     MASK_NODATA,
@@ -27,7 +26,7 @@ from cdkd.inference.geotiff import (
 )
 from cdkd.inference.sliding import TileGrid, full_resolution_logits, sliding_window_logits
 from cdkd.models import ChangeModel, create_model
-from tests.factories import save_checkpoint
+from tests.factories import Composer, save_checkpoint
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
@@ -196,13 +195,15 @@ def test_sliding_window_batches_windows_without_changing_results() -> None:
     torch.testing.assert_close(one, batched, atol=1e-5, rtol=0)
 
 
-def run_predict(*overrides: str) -> None:
+@pytest.fixture
+def run_predict(compose_config: Composer) -> Callable[..., None]:
     """``python -m cdkd.predict`` in this process (its body, after Hydra composed the config)."""
     from cdkd.cli.predict import main
 
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("predict", overrides=list(overrides))
-    main.__wrapped__(cfg)
+    def run(*overrides: str) -> None:
+        main.__wrapped__(compose_config("predict", *overrides))
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +212,7 @@ def fc_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cli_scene_keeps_the_grid_and_equals_whole_image_prediction(
-    tmp_path: Path, fc_checkpoint: Path
+    tmp_path: Path, fc_checkpoint: Path, run_predict: Callable[..., None]
 ) -> None:
     t1, t2, a, b = scene_pair(tmp_path, height=40, width=56)
     out = tmp_path / "maps" / "change.tif"
@@ -239,7 +240,10 @@ def test_cli_scene_keeps_the_grid_and_equals_whole_image_prediction(
 
 
 def test_cli_reports_a_grid_mismatch_in_one_line(
-    tmp_path: Path, fc_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    fc_checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+    run_predict: Callable[..., None],
 ) -> None:
     t1, _, _, b = scene_pair(tmp_path, height=40, width=48)
     t2 = write_scene(tmp_path / "other.tif", b, crs="EPSG:32634")
@@ -259,7 +263,7 @@ def test_cli_reports_a_grid_mismatch_in_one_line(
 
 
 def test_cli_folder_mode_maps_scenes_to_geotiffs_and_images_to_pngs(
-    tmp_path: Path, fc_checkpoint: Path
+    tmp_path: Path, fc_checkpoint: Path, run_predict: Callable[..., None]
 ) -> None:
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(2)]

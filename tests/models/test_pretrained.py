@@ -6,6 +6,7 @@ in ``tmp_path``; weight files are written there with random values.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import socket
@@ -16,16 +17,14 @@ import pytest
 import segmentation_models_pytorch as smp
 import timm
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 from safetensors.torch import save_file
 
-from cdkd.cli.common import config_dir
 from cdkd.cli.weights import fetch, part_line
 from cdkd.errors import CheckpointError, ConfigError
 from cdkd.models import create_model, get_entry
 from cdkd.models.pretrained import PARTS, WeightsUnavailableError, parts_of
 from cdkd.training.run import check_config, pretrained_files, train
+from tests.factories import Composer
 
 
 @pytest.fixture(autouse=True)
@@ -48,9 +47,10 @@ def _random(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
 
 
-def _config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+@pytest.fixture
+def _config(compose_config: Composer) -> Composer:
+    """``_config(*overrides)``: the training config."""
+    return functools.partial(compose_config, "train")
 
 
 def _assert_loaded(own: dict[str, torch.Tensor], file: dict[str, torch.Tensor], keys: dict) -> None:
@@ -292,7 +292,7 @@ def test_every_part_names_a_hub_file() -> None:
 
 @pytest.mark.parametrize("offline", ["1", None])
 def test_training_without_weights_stops_before_anything_with_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: str | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _config: Composer, offline: str | None
 ) -> None:
     if offline:
         monkeypatch.setenv("HF_HUB_OFFLINE", offline)
@@ -313,7 +313,7 @@ def test_training_without_weights_stops_before_anything_with_one_line(
     assert not (tmp_path / "runs").exists()
 
 
-def test_real_data_starts_pretrained_and_synthetic_random() -> None:
+def test_real_data_starts_pretrained_and_synthetic_random(_config: Composer) -> None:
     assert _config("model=changer_b1", "data=jl1cd").model.pretrained is True
     assert _config("model=changer_b1", "data=sysucd").model.pretrained is True
     assert _config("model=changer_b1").model.pretrained is False
@@ -328,7 +328,7 @@ def test_real_data_starts_pretrained_and_synthetic_random() -> None:
 
 
 def test_random_reference_part_on_real_data_warns(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, _config: Composer
 ) -> None:
     vit = tmp_path / "clip.pth"
     vit.write_bytes(b"not read here")
@@ -348,7 +348,7 @@ def test_random_reference_part_on_real_data_warns(
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
-def test_old_encoder_weights_option_is_refused() -> None:
+def test_old_encoder_weights_option_is_refused(_config: Composer) -> None:
     cfg = _config("model=ban_vit_b", "+model.kwargs.encoder_weights=clip.pth")
     with pytest.raises(ConfigError, match=r"replaced by model\.backbone_weights"):
         check_config(cfg)

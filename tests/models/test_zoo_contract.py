@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cdkd.cli.common import config_dir
@@ -22,7 +21,7 @@ from cdkd.models.complexity import count_parameters
 from cdkd.training.distill import DistillationModule
 from cdkd.training.losses import build_loss
 from cdkd.training.module import ChangeDetectionModule
-from tests.factories import TWO, save_checkpoint, save_teachers
+from tests.factories import TWO, Composer, save_checkpoint, save_teachers
 
 MODELS = list_models()
 STAGES = ("baseline", "teacher_s", "teacher_m", "teacher_l", "student")
@@ -122,12 +121,11 @@ def test_student_step(name: str, teacher: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_config_composes_with_every_stage(name: str) -> None:
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        for stage in STAGES:
-            cfg = compose("train", overrides=[f"model={name}", f"stage={stage}"])
-            assert cfg.model.name == name and cfg.stage.name == stage
-            assert name in cfg.run_dir
+def test_config_composes_with_every_stage(compose_config: Composer, name: str) -> None:
+    for stage in STAGES:
+        cfg = compose_config("train", f"model={name}", f"stage={stage}")
+        assert cfg.model.name == name and cfg.stage.name == stage
+        assert name in cfg.run_dir
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -11,11 +11,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from cdkd.cli.common import config_dir
 from cdkd.training.run import instantiate_datamodule
-from tests.factories import run_tool
+from tests.factories import Composer, run_tool
 
 STAGES = ("baseline", "teacher_s")
 
@@ -34,11 +32,10 @@ def sweep_args(tmp_path: Path, launcher: str, *extra: str) -> list[str]:
     ]
 
 
-def prepare_data(tmp_path: Path) -> None:
-    """Write the smoke set once, so the members (running at once) only read it."""
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", ["experiment=smoke", f"paths.data_dir={tmp_path / 'data'}"])
-    instantiate_datamodule(cfg).prepare_data()
+def prepare_data(compose_config: Composer) -> None:
+    """Write the smoke set once (in ``tmp_path/data``), so the members (running at once) only
+    read it."""
+    instantiate_datamodule(compose_config("train", "experiment=smoke")).prepare_data()
 
 
 def assert_members_finished(tmp_path: Path) -> Path:
@@ -53,8 +50,10 @@ def assert_members_finished(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_two_member_multirun_in_parallel_with_joblib(tmp_path: Path) -> None:
-    prepare_data(tmp_path)
+def test_two_member_multirun_in_parallel_with_joblib(
+    tmp_path: Path, compose_config: Composer
+) -> None:
+    prepare_data(compose_config)
     proc = run_tool(
         "cdkd.train", *sweep_args(tmp_path, "parallel", "hydra.launcher.n_jobs=2"), cwd=tmp_path
     )
@@ -64,8 +63,10 @@ def test_two_member_multirun_in_parallel_with_joblib(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_member_multirun_through_the_submitit_local_executor(tmp_path: Path) -> None:
-    prepare_data(tmp_path)
+def test_two_member_multirun_through_the_submitit_local_executor(
+    tmp_path: Path, compose_config: Composer
+) -> None:
+    prepare_data(compose_config)
     run_tool("cdkd.train", *sweep_args(tmp_path, "local"), cwd=tmp_path)
     sweep = assert_members_finished(tmp_path)
     results = sorted((sweep / ".submitit").rglob("*_result.pkl"))
@@ -105,10 +106,9 @@ def test_slurm_sweep_is_submitted_with_the_configured_resources(
     assert not (tmp_path / "runs" / "synthetic" / "fc_ef" / "baseline").exists()
 
 
-def test_slurm_and_local_launchers_compose() -> None:
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        slurm = compose("train", ["hydra/launcher=slurm"], return_hydra_config=True)
-        local = compose("train", ["hydra/launcher=local"], return_hydra_config=True)
+def test_slurm_and_local_launchers_compose(compose_config: Composer) -> None:
+    slurm = compose_config("train", "hydra/launcher=slurm", return_hydra_config=True)
+    local = compose_config("train", "hydra/launcher=local", return_hydra_config=True)
     launcher = slurm.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.gpus_per_node == launcher.tasks_per_node == slurm.trainer.devices == 1

@@ -4,25 +4,24 @@ step counts stay the recipe's; epoch-counted recipes use the real number of proc
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from cdkd.cli.common import config_dir
 from cdkd.data import ChangeDataModule
 from cdkd.data.datamodule import process_batch_size
 from cdkd.errors import ConfigError
 from cdkd.training.run import resolve_schedule, resolve_world_size, train
-from tests.factories import run_tool
+from tests.factories import Composer, run_tool
 
 
-def config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+@pytest.fixture
+def config(compose_config: Composer) -> Composer:
+    """``config(*overrides)``: the training config."""
+    return functools.partial(compose_config, "train")
 
 
 @pytest.fixture
@@ -51,12 +50,14 @@ def four_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_world_size_counts_what_lightning_would_run(
-    four_gpus: None, overrides: list[str], expected: int
+    four_gpus: None, config: Composer, overrides: list[str], expected: int
 ) -> None:
     assert resolve_world_size(config(*overrides)) == expected
 
 
-def test_world_size_on_a_machine_without_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_world_size_on_a_machine_without_gpus(
+    monkeypatch: pytest.MonkeyPatch, config: Composer
+) -> None:
     import lightning.fabric.accelerators.cuda as fabric_cuda
     import lightning.pytorch.accelerators.cuda as pytorch_cuda
 
@@ -68,7 +69,9 @@ def test_world_size_on_a_machine_without_gpus(monkeypatch: pytest.MonkeyPatch) -
         resolve_world_size(config("trainer=gpu"))
 
 
-def test_world_size_rejects_devices_lightning_would_reject(four_gpus: None) -> None:
+def test_world_size_rejects_devices_lightning_would_reject(
+    four_gpus: None, config: Composer
+) -> None:
     with pytest.raises(ConfigError, match=r"trainer.devices = \[0, 5\]"):
         resolve_world_size(config("trainer=gpu", "trainer.devices=[0,5]"))
     with pytest.raises(ConfigError, match=r"trainer.accelerator = 'abacus'"):
@@ -114,7 +117,9 @@ class _Batches:
 
 
 @pytest.mark.parametrize("world", [1, 2, 8])
-def test_epoch_schedules_count_the_batches_of_the_real_world_size(world: int) -> None:
+def test_epoch_schedules_count_the_batches_of_the_real_world_size(
+    config: Composer, world: int
+) -> None:
     data = _Batches()
     schedule = resolve_schedule(config("model=ttp_sam_l", "data=jl1cd"), data, world)
     assert (schedule.max_steps, schedule.warmup_steps, schedule.val_every) == (
@@ -127,7 +132,9 @@ def test_epoch_schedules_count_the_batches_of_the_real_world_size(world: int) ->
     assert steps.max_steps == 200_000  # the paper's steps whatever the number of devices
 
 
-def test_a_batch_that_does_not_divide_stops_before_training(tmp_path: Path) -> None:
+def test_a_batch_that_does_not_divide_stops_before_training(
+    tmp_path: Path, config: Composer
+) -> None:
     cfg = config(
         "experiment=smoke",
         "logger=none",
@@ -144,6 +151,7 @@ def test_a_batch_that_does_not_divide_stops_before_training(tmp_path: Path) -> N
 
 
 PROBE = '''
+import functools
 import json
 from pathlib import Path
 
@@ -187,7 +195,7 @@ def epoch_run(tmp_path: Path, name: str, *extra: str) -> list[str]:
 
 
 def test_two_process_ddp_splits_the_batch_and_keeps_the_steps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: Composer
 ) -> None:
     (tmp_path / "batch_probe.py").write_text(PROBE)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cdkd.models import create_model
+from tests.factories import Composer
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "paper_dryrun.py"
 
@@ -34,27 +35,23 @@ def test_stand_in_weights_fit_the_part_and_are_kept(tmp_path: Path) -> None:
     assert target.read_bytes() == before
 
 
-def test_paper_dryrun_baseline_trains_from_the_local_backbone_file(tmp_path: Path) -> None:
+def test_paper_dryrun_baseline_trains_from_the_local_backbone_file(
+    tmp_path: Path, compose_config: Composer
+) -> None:
     """The dry run's first stage in this process: JL1-CD layout, local weights, val from train."""
-    from hydra import compose, initialize_config_dir
-
-    from cdkd.cli.common import config_dir
     from cdkd.training.run import train
 
     script = load_script()
     data = tmp_path / "data"
     overrides = [
         "experiment=paper_dryrun",
-        f"paths.data_dir={data}",
-        f"paths.runs_dir={tmp_path / 'runs'}",
         "data.synthetic.size=64",
         "schedule.max_steps=2",
         "logger=none",
     ]
     weights = data / "jl1cd-dryrun-weights" / "mit_b0.pth"
     assert script.write_stand_in_weights("changer_b0", str(weights)) == [weights]
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config("train", *overrides)  # data and runs in tmp_path
     assert cfg.data.name == "jl1cd" and cfg.model.pretrained
     result = train(cfg)
     root = data / "jl1cd-dryrun"

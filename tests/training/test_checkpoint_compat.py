@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from cdkd.cli.common import config_dir
 from cdkd.cli.eval import main as eval_main
 from cdkd.models.checkpoint import load_network
+from tests.factories import Composer
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "runs_v1"
 
@@ -22,7 +21,7 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "runs_v1"
     [("original", "baseline"), ("op", None), ("mtkd", "student/lambda_0.005")],
 )
 def test_checkpoints_of_the_first_release_still_evaluate(
-    tmp_path: Path, strategy: str, checkpoint: str | None
+    tmp_path: Path, compose_config: Composer, strategy: str, checkpoint: str | None
 ) -> None:
     runs = tmp_path / "runs"
     shutil.copytree(FIXTURE, runs)
@@ -31,11 +30,9 @@ def test_checkpoints_of_the_first_release_still_evaluate(
         "model=tinycd",
         f"strategy={strategy}",
         f"paths.runs_dir={runs}",
-        f"paths.data_dir={tmp_path / 'data'}",
         "distill.lambda=0.005",
     ]
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        cfg = compose("eval", overrides)
+    cfg = compose_config("eval", *overrides)
     eval_main.__wrapped__(cfg)
     result = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
     assert result["strategy"] == strategy

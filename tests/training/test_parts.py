@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from cdkd.training.losses import TaskLoss
 from cdkd.training.schedule import warmup_decay
+from tests.factories import Composer
 
 
 def test_warmup_starts_at_absolute_lr_and_decays_to_zero() -> None:
@@ -72,14 +73,11 @@ def test_bce_dice_binary_option_is_the_changed_class_dice_over_valid_pixels() ->
         TaskLoss("bce_dice", dice="jaccard")
 
 
-def test_farseg_config_uses_the_official_dice_for_both_directions() -> None:
-    from hydra import compose, initialize_config_dir
-
-    from cdkd.cli.common import config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        default = compose("train", overrides=["model=changestar_farseg"])
-        binary = compose("train", overrides=["model=changestar_farseg", "model.loss.dice=binary"])
+def test_farseg_config_uses_the_official_dice_for_both_directions(
+    compose_config: Composer,
+) -> None:
+    default = compose_config("train", "model=changestar_farseg")
+    binary = compose_config("train", "model=changestar_farseg", "model.loss.dice=binary")
     assert default.model.loss == {"kind": "bce_dice", "dice": "mmseg"}
     assert default.model.aux_loss == default.model.loss
     assert binary.model.aux_loss.dice == "binary"
@@ -126,14 +124,12 @@ class _FakeData:
         (["model=tinycd", "data=jl1cd", "stage=student"], (100_000, 1000, 1000)),
     ],
 )
-def test_schedule_in_steps_or_model_epochs(overrides: list[str], expected: tuple) -> None:
-    from hydra import compose, initialize_config_dir
-
-    from cdkd.cli.common import config_dir
+def test_schedule_in_steps_or_model_epochs(
+    compose_config: Composer, overrides: list[str], expected: tuple
+) -> None:
     from cdkd.training.run import resolve_schedule
 
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config("train", *overrides)
     schedule = resolve_schedule(cfg, _FakeData())
     assert (schedule.max_steps, schedule.warmup_steps, schedule.val_every) == expected
 

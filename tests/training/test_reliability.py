@@ -3,6 +3,7 @@ atomic checkpoint writes, evaluation-setup checks and the provenance record."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -15,11 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from cdkd.cli.common import config_dir
 from cdkd.errors import CheckpointError, ConfigError
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
 from cdkd.training.checkpoints import check_recorded_setup
@@ -33,11 +32,13 @@ from cdkd.training.run import (
     resume_checkpoint,
     train,
 )
+from tests.factories import Composer
 
 
-def config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", overrides=["logger=none", *overrides])
+@pytest.fixture
+def config(compose_config: Composer) -> Composer:
+    """``config(*overrides)``: the training config without a logger."""
+    return functools.partial(compose_config, "train", "logger=none")
 
 
 @pytest.mark.parametrize(
@@ -69,23 +70,29 @@ def config(*overrides: str) -> DictConfig:
         (["schedule.max_steps=[1]"], "schedule.max_steps"),
     ],
 )
-def test_out_of_range_settings_fail_with_one_line(overrides: list[str], message: str) -> None:
+def test_out_of_range_settings_fail_with_one_line(
+    config: Composer, overrides: list[str], message: str
+) -> None:
     with pytest.raises(ConfigError) as err:
         check_config(config(*overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_default_configs_pass_validation() -> None:
+def test_default_configs_pass_validation(config: Composer) -> None:
     for stage in ("baseline", "teacher_s", "student"):
         check_config(config(f"stage={stage}"))
     check_config(config("partition=two", "stage=teacher_l"))
 
 
-def _split_cfg(root: Path, *overrides: str) -> DictConfig:
-    return config("data=folder", f"data.root={root}", *overrides)
+@pytest.fixture
+def _split_cfg(config: Composer) -> Callable[..., DictConfig]:
+    """``_split_cfg(root, *overrides)``: the training config on the folder dataset ``root``."""
+    return lambda root, *overrides: config("data=folder", f"data.root={root}", *overrides)
 
 
-def test_validation_on_the_test_split_is_an_error(dataset_factory: Callable[..., Path]) -> None:
+def test_validation_on_the_test_split_is_an_error(
+    dataset_factory: Callable[..., Path], _split_cfg: Callable[..., DictConfig]
+) -> None:
     root = dataset_factory({"train": 4, "val": 2, "test": 2})
     cfg = _split_cfg(root)
     check_splits(cfg, instantiate_datamodule(cfg))  # distinct splits pass
@@ -102,7 +109,7 @@ def test_validation_on_the_test_split_is_an_error(dataset_factory: Callable[...,
 
 
 def test_train_refuses_test_selection_before_writing_checkpoints(
-    tmp_path: Path, dataset_factory: Callable[..., Path]
+    tmp_path: Path, dataset_factory: Callable[..., Path], _split_cfg: Callable[..., DictConfig]
 ) -> None:
     root = dataset_factory({"train": 4, "val": 2, "test": 2})
     run_dir = tmp_path / "run"
@@ -321,7 +328,7 @@ def test_evaluation_refuses_another_partition_or_normalisation() -> None:
         check_recorded_setup("b.ckpt", _hparams(None, [0.05, 0.2], std=1.0), [0.1], mean, std)
 
 
-def test_resume_modes(tmp_path: Path) -> None:
+def test_resume_modes(tmp_path: Path, config: Composer) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     assert resume_checkpoint(config(), run_dir) is None  # nothing to resume: fresh

@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.factories import run_tool, save_checkpoint, save_teachers
+from tests.factories import Composer, run_tool, save_checkpoint, save_teachers
 
 MAX_STEPS = 6
 STEPS_PER_EPOCH = 3
@@ -48,15 +49,16 @@ def command(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cdkd.train", *overrides(data_dir, run_dir, *extra)]
 
 
-def train_here(data_dir: Path, run_dir: Path, *extra: str) -> None:
-    """The same run in this process (saves a Python start-up)."""
-    from hydra import compose, initialize_config_dir
-
-    from cdkd.cli.common import config_dir
+@pytest.fixture
+def train_here(compose_config: Composer) -> Callable[..., None]:
+    """``train_here(data_dir, run_dir, *extra)``: the same run in this process (saves a Python
+    start-up)."""
     from cdkd.training.run import train
 
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        train(compose("train", overrides=overrides(data_dir, run_dir, *extra)))
+    def run(data_dir: Path, run_dir: Path, *extra: str) -> None:
+        train(compose_config("train", *overrides(data_dir, run_dir, *extra)))
+
+    return run
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -72,7 +74,9 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def kill_and_resume(tmp_path: Path, *extra: str, ddp: bool = False) -> tuple[dict, dict]:
+def kill_and_resume(
+    tmp_path: Path, train_here: Callable[..., None], *extra: str, ddp: bool = False
+) -> tuple[dict, dict]:
     """Train uninterrupted; train again, SIGKILL mid-epoch, re-run the command: both ends.
 
     The uninterrupted run trains in this process, except under DDP, whose launcher starts
@@ -108,8 +112,10 @@ def kill_and_resume(tmp_path: Path, *extra: str, ddp: bool = False) -> tuple[dic
     return expected, got
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    expected, got = kill_and_resume(tmp_path)
+def test_killed_run_resumes_to_the_same_weights(
+    tmp_path: Path, train_here: Callable[..., None]
+) -> None:
+    expected, got = kill_and_resume(tmp_path, train_here)
     resumed = tmp_path / "resumed"
     data = tmp_path / "data"
     best = "best_model_score"
@@ -156,11 +162,14 @@ def test_sigterm_saves_last_checkpoint(tmp_path: Path) -> None:
     assert f"stopped by SIGTERM at step {step}; last.ckpt holds that state" in stderr
 
 
-def test_killed_student_resumes_to_the_same_weights(tmp_path: Path) -> None:
+def test_killed_student_resumes_to_the_same_weights(
+    tmp_path: Path, train_here: Callable[..., None]
+) -> None:
     origin = save_checkpoint(tmp_path / "origin.ckpt", "fc_ef")
     teachers = ", ".join(f"{b}: '{p}'" for b, p in save_teachers(tmp_path, "fc_ef").items())
     kill_and_resume(
         tmp_path,
+        train_here,
         "stage=student",
         f"schedule.distill_max_steps={MAX_STEPS}",
         f"distill.init={origin}",
@@ -169,10 +178,13 @@ def test_killed_student_resumes_to_the_same_weights(tmp_path: Path) -> None:
     )
 
 
-def test_killed_ddp_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+def test_killed_ddp_run_resumes_to_the_same_weights(
+    tmp_path: Path, train_here: Callable[..., None]
+) -> None:
     # Two processes on CPU, 12 pairs each in batches of 4 (global 8): still three steps an epoch.
     kill_and_resume(
         tmp_path,
+        train_here,
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
