@@ -11,13 +11,16 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from cdkd.config import config_dir
-from tests.factories import Composer, make_dataset, write_pair
+
+if TYPE_CHECKING:
+    from tests.factories import Composer
 
 # Nothing in the suite may download weights: the hub client refuses, and cdkd reports it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,18 +36,14 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 @pytest.fixture
 def dataset_factory(tmp_path: Path) -> Callable[..., Path]:
     """Build a fresh tiny dataset under ``tmp_path`` per call (arguments of make_dataset)."""
+    from tests.factories import make_dataset  # imports torch: only after the settings above
+
     made = itertools.count()
 
     def factory(counts: Mapping[str, int], **kwargs: object) -> Path:
         return make_dataset(tmp_path / f"dataset{next(made)}", counts, **kwargs)
 
     return factory
-
-
-@pytest.fixture
-def pair_writer() -> Callable[..., None]:
-    """The :func:`write_pair` helper, for tests that need labels with exact contents."""
-    return write_pair
 
 
 @functools.cache
