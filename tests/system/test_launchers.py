@@ -33,8 +33,7 @@ def sweep_args(tmp_path: Path, launcher: str, *extra: str) -> list[str]:
 
 
 def prepare_data(compose_config: Composer) -> None:
-    """Write the smoke set once (in ``tmp_path/data``), so the members (running at once) only
-    read it."""
+    """Write the smoke set once, so the members (running at once) only read it."""
     instantiate_datamodule(compose_config("train", "experiment=smoke")).prepare_data()
 
 
