@@ -1,16 +1,26 @@
-"""Shared fixtures: tiny change-detection datasets written to temporary folders."""
+"""Fixtures shared by every test folder: tiny datasets under ``tmp_path``, composed configs.
+
+Helpers that are plain functions live in ``tests/factories.py``.
+"""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
-from PIL import Image
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from cdkd.config import config_dir
+
+if TYPE_CHECKING:
+    from tests.factories import Composer
 
 # Nothing in the suite may download weights: the hub client refuses, and cdkd reports it.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,60 +32,12 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
 
-FOLDERS = ("A", "B", "label")
-
-
-def blob_mask(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    """A 0/1 mask with a few random rectangles of change (possibly none)."""
-    height, width = size
-    mask = np.zeros(size, dtype=np.uint8)
-    for _ in range(int(rng.integers(0, 4))):
-        y, x = int(rng.integers(0, height)), int(rng.integers(0, width))
-        h, w = int(rng.integers(2, height // 2 + 2)), int(rng.integers(2, width // 2 + 2))
-        mask[y : y + h, x : x + w] = 1
-    return mask
-
-
-def write_pair(
-    split_dir: Path,
-    name: str,
-    mask: np.ndarray,
-    folders: Sequence[str] = FOLDERS,
-    image_suffix: str = ".png",
-    label_suffix: str = ".png",
-    seed: int = 0,
-) -> None:
-    """Write random RGB images for both dates and ``mask`` (0/1) as a 0/255 label."""
-    rng = np.random.default_rng(seed)
-    shape = (*mask.shape, 3)
-    for folder in folders[:2]:
-        (split_dir / folder).mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
-        Image.fromarray(pixels).save(split_dir / folder / f"{name}{image_suffix}")
-    (split_dir / folders[2]).mkdir(parents=True, exist_ok=True)
-    label = Image.fromarray((mask > 0).astype(np.uint8) * 255)
-    label.save(split_dir / folders[2] / f"{name}{label_suffix}")
-
-
-def make_dataset(
-    root: Path,
-    counts: Mapping[str, int],
-    size: int | tuple[int, int] = 32,
-    folders: Sequence[str] = FOLDERS,
-    seed: int = 0,
-) -> Path:
-    """Write ``root/{split}/{A,B,label}/{i}.png`` with random images and blob labels."""
-    rng = np.random.default_rng(seed)
-    shape = (size, size) if isinstance(size, int) else size
-    for split, count in counts.items():
-        for i in range(count):
-            write_pair(root / split, str(i), blob_mask(rng, shape), folders, seed=seed + i)
-    return root
-
 
 @pytest.fixture
 def dataset_factory(tmp_path: Path) -> Callable[..., Path]:
     """Build a fresh tiny dataset under ``tmp_path`` per call (arguments of make_dataset)."""
+    from tests.factories import make_dataset  # imports torch: only after the settings above
+
     made = itertools.count()
 
     def factory(counts: Mapping[str, int], **kwargs: object) -> Path:
@@ -84,7 +46,25 @@ def dataset_factory(tmp_path: Path) -> Callable[..., Path]:
     return factory
 
 
+@functools.cache
+def _has_paths(name: str) -> bool:
+    """Whether ``conf/<name>.yaml`` composes a ``paths`` node (train, eval, analyze do)."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return "paths" in compose(name)
+
+
 @pytest.fixture
-def pair_writer() -> Callable[..., None]:
-    """The :func:`write_pair` helper, for tests that need labels with exact contents."""
-    return write_pair
+def compose_config(tmp_path: Path) -> Composer:
+    """Compose ``conf/<name>.yaml`` as ``python -m cdkd.<name> OVERRIDES`` would.
+
+    ``paths.data_dir`` and ``paths.runs_dir`` point into ``tmp_path`` (``data/``, ``runs/``)
+    where the config has them; overrides given to the call come after and win.
+    """
+
+    def composed(name: str, *overrides: str, return_hydra_config: bool = False) -> DictConfig:
+        paths = [f"paths.data_dir={tmp_path / 'data'}", f"paths.runs_dir={tmp_path / 'runs'}"]
+        items = [*paths, *overrides] if _has_paths(name) else list(overrides)
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return compose(name, overrides=items, return_hydra_config=return_hydra_config)
+
+    return composed

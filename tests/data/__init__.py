@@ -1,0 +1,1 @@
+"""Tests of ``cdkd.data`` (and of the CAR partition rule, ``cdkd.partition``)."""
