@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cdkd.layout import resolve
+from cdkd.runs.layout import resolve
 
 
 def config_dir() -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from cdkd.cli.pipeline import eval_overrides, plan
 from cdkd.errors import ConfigError
-from cdkd.layout import RunLayout
+from cdkd.runs.layout import RunLayout
 
 
 def test_three_teacher_plan_order_and_folders(tmp_path: Path) -> None:

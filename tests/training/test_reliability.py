@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from cdkd.checkpoint_meta import CheckpointMeta
 from cdkd.errors import CheckpointError, ConfigError
+from cdkd.runs.meta import CheckpointMeta
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
 from cdkd.training.module import ChangeDetectionModule, NonFiniteLossError
 from cdkd.training.run import (

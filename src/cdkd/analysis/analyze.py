@@ -39,8 +39,8 @@ from cdkd.analysis.compare import (
 )
 from cdkd.errors import ConfigError
 from cdkd.files import write_text_atomic
-from cdkd.layout import RunLayout, results_across_models
 from cdkd.partition import PartitionScheme
+from cdkd.runs.layout import RunLayout, results_across_models
 
 ITEMS: tuple[str, ...] = ("car", "ranges", "classes", "visual", "models")
 

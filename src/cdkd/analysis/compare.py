@@ -20,9 +20,9 @@ import numpy as np
 from cdkd.analysis.tables import csv_text, markdown_table, percent
 from cdkd.errors import ConfigError, DataError
 from cdkd.files import natural_key
-from cdkd.layout import model_results
 from cdkd.metrics.change import CLASSES, MEAN_KEYS, METRIC_KEYS
 from cdkd.partition import PartitionScheme
+from cdkd.runs.layout import model_results
 
 #: Display name of each evaluation strategy, in the paper's order.
 STRATEGY_LABELS: dict[str, str] = {"original": "Original", "op": "O-P", "mtkd": "MTKD"}

@@ -17,8 +17,8 @@ from rich.table import Table
 
 from cdkd.analysis.tables import percent
 from cdkd.errors import ConfigError, DataError
-from cdkd.layout import RunFolder
 from cdkd.metrics.change import MEAN_KEYS
+from cdkd.runs.layout import RunFolder
 
 SELECTION_RULE = "highest validation per-image mIoU; ties go to the smaller lambda"
 

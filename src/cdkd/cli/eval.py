@@ -16,7 +16,7 @@ from rich.table import Table
 
 from cdkd.cli.common import command
 from cdkd.errors import ConfigError
-from cdkd.layout import teacher_checkpoints
+from cdkd.runs.layout import teacher_checkpoints
 
 STRATEGIES = ("original", "op", "mtkd")
 
@@ -26,7 +26,7 @@ def check_checkpoints(cfg: DictConfig, paths: list[Any]) -> None:
 
     ``force=true`` skips the check (the checkpoints are still read and their model checked).
     """
-    from cdkd.checkpoint_meta import read_meta
+    from cdkd.runs.meta import read_meta
 
     if cfg.force:
         return

@@ -30,7 +30,7 @@ from rich.markup import escape
 from cdkd.cli.common import config_dir, config_error_message
 from cdkd.errors import CdkdError, ConfigError
 from cdkd.files import write_json_atomic, write_text_atomic
-from cdkd.layout import RunFolder, RunLayout
+from cdkd.runs.layout import RunFolder, RunLayout
 
 #: Table III rows: the strategy's label and the evaluation that produces it.
 STRATEGY_ROWS = (("-", "original"), ("O-P", "op"), ("MTKD", "mtkd"))

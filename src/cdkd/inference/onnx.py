@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from cdkd.checkpoint_meta import CheckpointMeta
 from cdkd.config import config_dir
 from cdkd.errors import CheckpointError, ConfigError, DataError, brief
 from cdkd.models import ChangeModel
+from cdkd.runs.meta import CheckpointMeta
 
 #: Spatial sizes of a dynamic graph must be multiples of this (as in sliding-window inference).
 SIZE_MULTIPLE = 32

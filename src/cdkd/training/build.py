@@ -11,10 +11,10 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from cdkd.checkpoint_meta import CheckpointMeta, PartitionMeta, Source
 from cdkd.config import plain
 from cdkd.errors import ConfigError
 from cdkd.models.pretrained import random_parts, resolve_all
+from cdkd.runs.meta import CheckpointMeta, PartitionMeta, Source
 from cdkd.training.distill import DistillationModule
 from cdkd.training.module import ChangeDetectionModule
 from cdkd.training.trainer import Schedule

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cdkd.files import atomic_path
-from cdkd.layout import RunFolder
+from cdkd.runs.layout import RunFolder
 
 log = logging.getLogger(__name__)
 

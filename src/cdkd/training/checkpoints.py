@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdkd.checkpoint_meta import read_meta
 from cdkd.models import ChangeModel
 from cdkd.models.checkpoint import load_network
 from cdkd.partition import PartitionScheme
+from cdkd.runs.meta import read_meta
 
 
 def load_teacher(

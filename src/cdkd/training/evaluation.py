@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from cdkd.files import write_json_atomic
 from cdkd.inference.evaluate import evaluate
-from cdkd.layout import RunFolder
+from cdkd.runs.layout import RunFolder
 from cdkd.training.checkpoints import load_network
 from cdkd.training.provenance import index_checksums
 from cdkd.training.trainer import uses_gpu

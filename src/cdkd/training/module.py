@@ -65,7 +65,7 @@ class ChangeDetectionModule(L.LightningModule):
             :class:`NonFiniteLossError` naming the step and its files (nothing is saved after
             it, so the checkpoints keep the last good state), ``skip`` gives that step no
             gradient and goes on. See :meth:`guard_loss` for when each is decided.
-        meta: the checkpoint record, :meth:`cdkd.checkpoint_meta.CheckpointMeta.to_hparams`.
+        meta: the checkpoint record, :meth:`cdkd.runs.meta.CheckpointMeta.to_hparams`.
         channels_last: keep weights and input images in channels-last memory format, which
             CUDA convolutions run faster in; ``None`` enables it on CUDA only.
         compile: compile the network with :func:`torch.compile` (the student's teachers too);

@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cdkd.checkpoint_meta import CheckpointMeta
 from cdkd.errors import DataError
 from cdkd.files import write_json_atomic
-from cdkd.layout import RunFolder
+from cdkd.runs.layout import RunFolder
+from cdkd.runs.meta import CheckpointMeta
 
 log = logging.getLogger(__name__)
 

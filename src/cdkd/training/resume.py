@@ -13,9 +13,9 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from cdkd.checkpoint_meta import read_meta
 from cdkd.errors import ConfigError
-from cdkd.layout import RunFolder
+from cdkd.runs.layout import RunFolder
+from cdkd.runs.meta import read_meta
 from cdkd.training.trainer import Schedule
 
 log = logging.getLogger(__name__)

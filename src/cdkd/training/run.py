@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from cdkd.data.datamodule import process_batch_size
 from cdkd.errors import CdkdError
 from cdkd.files import write_text_atomic
-from cdkd.layout import RunFolder, teacher_checkpoints
+from cdkd.runs.layout import RunFolder, teacher_checkpoints
 from cdkd.training.build import (
     build_module,
     checkpoint_meta,

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from cdkd.cli.common import config_dir
 from cdkd.errors import ConfigError
-from cdkd.layout import RunFolder, RunLayout, model_results, results_across_models
+from cdkd.runs.layout import RunFolder, RunLayout, model_results, results_across_models
+from tests.factories import Composer
 
-RUNS_V1 = Path(__file__).parent / "fixtures" / "runs_v1"
+RUNS_V1 = Path(__file__).parents[1] / "fixtures" / "runs_v1"
 STAGES = {"small": "teacher_s", "medium": "teacher_m", "large": "teacher_l"}
 
 
@@ -57,18 +56,17 @@ def test_results_of_every_model(tmp_path: Path) -> None:
     assert model_results(tmp_path / "d", "-two") == []
 
 
-def test_configs_take_their_paths_from_the_layout(tmp_path: Path) -> None:
+def test_configs_take_their_paths_from_the_layout(tmp_path: Path, compose_config: Composer) -> None:
     runs = f"paths.runs_dir={tmp_path}"
     layout = RunLayout.of(tmp_path, "synthetic", "tinycd", "-two")
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        student = compose("train", [runs, "stage=student", "partition=two", "distill.lambda=0.01"])
-        teacher = compose(
-            "train", [runs, "stage=teacher_l", "partition=two"], return_hydra_config=True
-        )
-        moved = compose("train", [runs, "run_dir=/elsewhere"])
-        evaluation = compose("eval", [runs, "partition=two", "strategy=op", "split=val"])
-        other = compose("eval", [runs, "distill.teacher_model=fc_ef", "out_dir=/out"])
-        analyze = compose("analyze", [runs, "partition=two"])
+    student = compose_config("train", runs, "stage=student", "partition=two", "distill.lambda=0.01")
+    teacher = compose_config(
+        "train", runs, "stage=teacher_l", "partition=two", return_hydra_config=True
+    )
+    moved = compose_config("train", runs, "run_dir=/elsewhere")
+    evaluation = compose_config("eval", runs, "partition=two", "strategy=op", "split=val")
+    other = compose_config("eval", runs, "distill.teacher_model=fc_ef", "out_dir=/out")
+    analyze = compose_config("analyze", runs, "partition=two")
     assert Path(student.run_dir) == layout.stage_dir("student", 0.01)
     assert Path(student.distill.init) == layout.stage("baseline").best
     assert Path(teacher.run_dir) == layout.stage_dir("teacher_l")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cdkd.runlock import LOCK_NAME, RunLock, RunLockError
+from cdkd.runs.lock import LOCK_NAME, RunLock, RunLockError
 
 
 def write_lock(folder: Path, host: str, pid: int, token: str = "t0") -> Path:
@@ -48,7 +48,7 @@ def test_a_second_process_is_refused_with_one_line_naming_the_holder(tmp_path: P
         [
             sys.executable,
             "-c",
-            "import sys, time; from cdkd.runlock import RunLock\n"
+            "import sys, time; from cdkd.runs.lock import RunLock\n"
             f"with RunLock({str(folder)!r}):\n    print('held', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,

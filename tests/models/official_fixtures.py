@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "official"
+FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 FORMAT = "cdkd-official-fixture/1"
 #: The value scheme (see :func:`draw_value`); a fixture records the one it was drawn with.
 SCHEME = "randn-fan-in/1"

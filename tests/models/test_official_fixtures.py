@@ -13,7 +13,7 @@ import torch
 
 from cdkd.models.convert.opencd import from_opencd
 from cdkd.models.registry import create_model, list_models, load_strict
-from official_fixtures import FIXTURE_DIR, load_fixture, official_state_dict
+from tests.models.official_fixtures import FIXTURE_DIR, load_fixture, official_state_dict
 
 #: Networks whose mapping is not proven yet, and what differs.
 _BAN = (

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from cdkd.checkpoint_meta import META_VERSION, CheckpointMeta, PartitionMeta, Source, read_meta
-from cdkd.cli.common import config_dir
 from cdkd.errors import CheckpointError
 from cdkd.files import sha256_of
+from cdkd.runs.meta import META_VERSION, CheckpointMeta, PartitionMeta, Source, read_meta
 from cdkd.training.build import checkpoint_meta
+from tests.factories import Composer
 
-V1 = Path(__file__).parent / "fixtures" / "runs_v1" / "synthetic" / "tinycd"
+V1 = Path(__file__).parents[1] / "fixtures" / "runs_v1" / "synthetic" / "tinycd"
 THREE = PartitionMeta(
     "three",
     (0.05, 0.2),
@@ -96,16 +95,17 @@ def test_teacher_check_names_bucket_and_thresholds() -> None:
         teacher.check_teacher("t.ckpt", "small", (0.1,), "two")
 
 
-def test_the_training_run_hashes_the_students_sources(tmp_path: Path) -> None:
+def test_the_training_run_hashes_the_students_sources(
+    tmp_path: Path, compose_config: Composer
+) -> None:
     files = {}
     for name in ("baseline", "small", "medium", "large"):
         files[name] = tmp_path / f"{name}.ckpt"
         source = "baseline" if name == "baseline" else "teacher_s"
         shutil.copy(V1 / source / "best.ckpt", files[name])
     files["large"].write_bytes(b"other bytes")
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", ["stage=student", f"distill.init={files['baseline']}"])
-        baseline_cfg = compose("train", ["stage=baseline"])
+    cfg = compose_config("train", "stage=student", f"distill.init={files['baseline']}")
+    baseline_cfg = compose_config("train", "stage=baseline")
     teachers = {b: files[b] for b in ("small", "medium", "large")}
     meta = checkpoint_meta(cfg, teachers)
     assert meta.init == Source(str(files["baseline"]), sha256_of(files["baseline"]))
