@@ -11,7 +11,6 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from cdkd.training.checkpoints import load_network, read_hparams, teacher_paths
 from cdkd.training.distill import DistillationModule
 from cdkd.training.losses import AVERAGES, DICE_KINDS, LOSSES
 from cdkd.training.module import NAN_POLICIES, ChangeDetectionModule
+from cdkd.training.schedule import Schedule, resolve_schedule, trainer_overrides
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("max_steps", "distill_max_steps", "warmup_steps", "val_every"):
         if number(cfg, f"schedule.{key}", int) < (1 if key != "warmup_steps" else 0):
             raise ConfigError(f"schedule.{key} = {cfg.schedule[key]} is out of range")
+    trainer_overrides(cfg)
 
 
 def uses_gpu(cfg: DictConfig) -> bool:
@@ -140,15 +141,6 @@ def resolve_precision(cfg: DictConfig) -> str:
 def _plain(value: Any) -> Any:
     """A config value as plain Python (mappings and lists converted, scalars unchanged)."""
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Optimizer steps of a run: total, warm-up, and between validations."""
-
-    max_steps: int
-    warmup_steps: int
-    val_every: int
 
 
 def resolve_world_size(cfg: DictConfig) -> int:
@@ -187,26 +179,6 @@ def _accelerator_class(flag: str) -> type[Accelerator]:
         if accelerator.is_available():
             return accelerator
     raise ConfigError(f"trainer.accelerator = {flag!r}: no such device is available here")
-
-
-def resolve_schedule(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> Schedule:
-    """The run's schedule in optimizer steps.
-
-    From ``cfg.schedule`` (the student takes ``distill_max_steps``), whatever the number of
-    processes: ``data.batch_size`` is the global batch. When the model counts its recipe in
-    epochs (``model.epochs``, e.g. TTP) and the schedule accepts that (``schedule.model_epochs``,
-    true for the paper's schedule), epochs are converted with the training batches each of the
-    ``world_size`` processes draws in an epoch.
-    """
-    distill = cfg.stage.kind == "distill"
-    epochs = cfg.model.get("epochs")
-    if epochs is None or not cfg.schedule.get("model_epochs", False):
-        steps = int(cfg.schedule["distill_max_steps" if distill else "max_steps"])
-        return Schedule(steps, int(cfg.schedule.warmup_steps), int(cfg.schedule.val_every))
-    datamodule.setup("fit")
-    per_epoch = max(1, datamodule.train_batches(world_size))
-    steps = int(epochs["distill" if distill else "max"]) * per_epoch
-    return Schedule(steps, int(epochs.warmup) * per_epoch, int(epochs.val_every) * per_epoch)
 
 
 def instantiate_datamodule(cfg: DictConfig, **overrides: Any) -> Any:
