@@ -191,8 +191,11 @@ def test_training_batches_are_the_same_with_or_without_workers(
 
 def _compose_data(name: str, data_dir: Path) -> DictConfig:
     """The data config ``name`` in a root with minimal model/stage/partition/paths groups."""
-    base, data = (OmegaConf.load(CONF / "data" / f"{stem}.yaml") for stem in ("_base", name))
-    assert data.pop("defaults")[0] == "_base"
+    base, data = (
+        OmegaConf.load(CONF / "_base" / "data.yaml"),
+        OmegaConf.load(CONF / "data" / f"{name}.yaml"),
+    )
+    assert data.pop("defaults")[0] == "/_base/data@_here_"
     assert base.pop("defaults")[0] == {"/schedule@_global_.schedule": "paper"}
     root = OmegaConf.create(
         {

@@ -18,13 +18,16 @@ def config_dir() -> str:
 
 
 def model_config(name: str) -> DictConfig:
-    """``conf/model/<name>.yaml`` as the ``model`` group composes it: over its defaults (``_base``).
+    """``conf/model/<name>.yaml`` as Hydra composes it: over ``conf/_base/model.yaml``.
 
     Reads the files directly, without Hydra, so that code already running under a Hydra app
-    (ONNX export) can use it; the model configs list only files of their own group.
+    (ONNX export) can use it; a model config's defaults list only absolute config paths placed
+    at its own package (``/_base/model@_here_``).
     """
-    folder = Path(config_dir()) / "model"
-    conf = OmegaConf.load(folder / f"{name}.yaml")
-    defaults = conf.pop("defaults", [])
-    layers = [OmegaConf.load(folder / f"{entry}.yaml") for entry in defaults if entry != "_self_"]
+    root = Path(config_dir())
+    conf = OmegaConf.load(root / "model" / f"{name}.yaml")
+    defaults = [entry for entry in conf.pop("defaults", []) if entry != "_self_"]
+    layers = [
+        OmegaConf.load(root / f"{entry.split('@')[0].lstrip('/')}.yaml") for entry in defaults
+    ]
     return cast(DictConfig, OmegaConf.merge(*layers, conf))
