@@ -1,11 +1,12 @@
-"""Where the Hydra configuration tree lives, and the resolvers its configs use."""
+"""Where the Hydra configuration tree lives, the resolvers its configs use, and a model
+config read as Hydra composes it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cdkd.runs.layout import resolve
 
@@ -31,3 +32,19 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+def model_config(name: str) -> DictConfig:
+    """``conf/model/<name>.yaml`` as Hydra composes it: over ``conf/_base/model.yaml``.
+
+    Reads the files directly, without Hydra, so that code already running under a Hydra app
+    (ONNX export) can use it; a model config's defaults list only absolute config paths placed
+    at its own package (``/_base/model@_here_``).
+    """
+    root = Path(config_dir())
+    conf = cast(DictConfig, OmegaConf.load(root / "model" / f"{name}.yaml"))
+    defaults = [entry for entry in conf.pop("defaults", []) if entry != "_self_"]
+    layers = [
+        OmegaConf.load(root / f"{entry.split('@')[0].lstrip('/')}.yaml") for entry in defaults
+    ]
+    return cast(DictConfig, OmegaConf.merge(*layers, conf))

@@ -490,6 +490,11 @@ def test_config_composition_errors_are_one_line_and_exit_1(
             ["partition 'three'", "thresholds [0.05, 1.5]", "must lie in [0, 1]"],
             id="threshold-above-1",
         ),
+        pytest.param(
+            ["trainer.max_steps=0"],
+            ["trainer.max_steps = 0 must be a positive integer"],
+            id="zero-trainer-steps",
+        ),
     ],
 )
 def test_out_of_range_override_stops_before_anything_is_written(

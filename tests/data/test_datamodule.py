@@ -191,11 +191,12 @@ def test_training_batches_are_the_same_with_or_without_workers(
 
 def _compose_data(name: str, data_dir: Path) -> DictConfig:
     """The data config ``name`` in a root with minimal model/stage/partition/paths groups."""
-    data = OmegaConf.load(CONF / "data" / f"{name}.yaml")
-    assert data.pop("defaults")[0] in (
-        {"/schedule@_global_.schedule": "short"},
-        {"/schedule@_global_.schedule": "paper"},
+    base, data = (
+        OmegaConf.load(CONF / "_base" / "data.yaml"),
+        OmegaConf.load(CONF / "data" / f"{name}.yaml"),
     )
+    assert data.pop("defaults")[0] == "/_base/data@_here_"
+    assert base.pop("defaults")[0] == {"/schedule@_global_.schedule": "paper"}
     root = OmegaConf.create(
         {
             "paths": {"data_dir": str(data_dir)},
@@ -206,7 +207,7 @@ def _compose_data(name: str, data_dir: Path) -> DictConfig:
             },
             "stage": {"bucket": "medium"},
             "partition": OmegaConf.load(CONF / "partition" / "three.yaml"),
-            "data": data,
+            "data": OmegaConf.merge(base, data),
         }
     )
     return root

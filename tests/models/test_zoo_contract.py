@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cdkd.cli.common import config_dir
+from cdkd.config import model_config
 from cdkd.models import create_model, get_entry, list_models
 from cdkd.models.complexity import count_parameters
 from cdkd.training.distill import DistillationModule
@@ -27,10 +27,6 @@ MODELS = list_models()
 STAGES = ("baseline", "teacher_s", "teacher_m", "teacher_l", "student")
 #: Image side of the small forward/backward and student tests.
 SIZE = 64
-
-
-def model_config(name: str) -> Any:
-    return OmegaConf.load(Path(config_dir()) / "model" / f"{name}.yaml")
 
 
 def module_kwargs(name: str) -> dict[str, Any]:
@@ -126,6 +122,7 @@ def test_config_composes_with_every_stage(compose_config: Composer, name: str) -
         cfg = compose_config("train", f"model={name}", f"stage={stage}")
         assert cfg.model.name == name and cfg.stage.name == stage
         assert name in cfg.run_dir
+    assert model_config(name) == cfg.model  # the reader that tools use outside Hydra agrees
 
 
 @pytest.mark.parametrize("name", MODELS)

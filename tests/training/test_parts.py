@@ -1,13 +1,15 @@
 """Learning-rate schedule, task losses, parameter groups and the progress bar."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from cdkd.errors import ConfigError
 from cdkd.training.losses import TaskLoss
-from cdkd.training.schedule import warmup_decay
+from cdkd.training.schedule import resolve_schedule, trainer_overrides, warmup_decay
 from tests.factories import Composer
 
 
@@ -127,11 +129,88 @@ class _FakeData:
 def test_schedule_in_steps_or_model_epochs(
     compose_config: Composer, overrides: list[str], expected: tuple
 ) -> None:
-    from cdkd.training.run import resolve_schedule
-
-    cfg = compose_config("train", *overrides)
-    schedule = resolve_schedule(cfg, _FakeData())
+    schedule = resolve_schedule(compose_config("train", *overrides), _FakeData())
     assert (schedule.max_steps, schedule.warmup_steps, schedule.val_every) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # Steps replace the schedule's; the warm-up keeps its steps (the LR curve cuts it).
+        (["trainer.max_steps=2"], (2, 30, 100)),
+        (["data=jl1cd", "stage=student", "trainer.max_steps=5000"], (5000, 1000, 1000)),
+        (["model=ttp_sam_l", "data=jl1cd", "trainer.max_steps=100"], (100, 5 * 488, 5 * 488)),
+        # Epochs count the training batches of an epoch; with max_steps the earlier end wins.
+        (["data=jl1cd", "trainer.max_epochs=3"], (3 * 488, 1000, 1000)),
+        (["data=jl1cd", "trainer.max_epochs=3", "trainer.max_steps=1000"], (1000, 1000, 1000)),
+        (["data=jl1cd", "trainer.max_epochs=3", "trainer.max_steps=5000"], (3 * 488, 1000, 1000)),
+        (["model=ttp_sam_l", "data=jl1cd", "trainer.max_epochs=2"], (2 * 488, 5 * 488, 5 * 488)),
+        # An integer interval counts optimizer steps, a float is a fraction of an epoch.
+        (["data=jl1cd", "trainer.val_check_interval=250"], (200_000, 1000, 250)),
+        (["data=jl1cd", "trainer.val_check_interval=0.5"], (200_000, 1000, 244)),
+        (["trainer.val_check_interval=1.0", "trainer.max_steps=10"], (10, 30, 488)),
+    ],
+)
+def test_lightning_keys_override_the_schedule(
+    compose_config: Composer, overrides: list[str], expected: tuple
+) -> None:
+    schedule = resolve_schedule(compose_config("train", *overrides), _FakeData())
+    assert (schedule.max_steps, schedule.warmup_steps, schedule.val_every) == expected
+
+
+def test_step_overrides_read_no_data(compose_config: Composer) -> None:
+    data = _FakeData()
+    assert resolve_schedule(compose_config("train", "trainer.max_steps=7"), data).max_steps == 7
+    assert not hasattr(data, "stage")  # no epoch to count: the splits were not set up
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.max_steps=0",
+        "trainer.max_steps=-1",
+        "trainer.max_steps=2.5",
+        "trainer.max_steps=true",
+        "trainer.max_epochs=0",
+        "trainer.val_check_interval=0",
+        "trainer.val_check_interval=1.5",
+        "trainer.val_check_interval=often",
+    ],
+)
+def test_bad_lightning_keys_fail_with_one_line(compose_config: Composer, override: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        trainer_overrides(compose_config("train", override))
+    key = override.split("=")[0]
+    assert str(err.value).startswith(f"{key} = ") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "steps"),
+    [
+        (["trainer.max_steps=2"], 2),
+        # 30 pairs in batches of 10; validated (and so checkpointed) at the epoch's end.
+        (["trainer.max_epochs=1", "trainer.val_check_interval=1.0", "data.batch_size=10"], 3),
+    ],
+)
+def test_lightning_keys_end_a_smoke_run(
+    tmp_path: Path, compose_config: Composer, overrides: list[str], steps: int
+) -> None:
+    from cdkd.training.run import train
+
+    train(
+        compose_config(
+            "train",
+            "experiment=smoke",
+            "model=fc_ef",
+            "logger=none",
+            "test_after_fit=false",
+            *overrides,
+        )
+    )
+    (last,) = (tmp_path / "runs").rglob("last.ckpt")
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == steps
+    assert ckpt["hyper_parameters"]["max_steps"] == steps  # the LR reaches 0 there
 
 
 def test_channels_last_module_gives_the_same_loss() -> None:

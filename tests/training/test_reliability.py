@@ -31,7 +31,7 @@ from cdkd.training.run import (
     resume_checkpoint,
     train,
 )
-from cdkd.training.trainer import Schedule
+from cdkd.training.schedule import Schedule
 from tests.factories import Composer
 
 

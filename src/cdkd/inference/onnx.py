@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from cdkd.config import config_dir
+from cdkd.config import config_dir, model_config
 from cdkd.errors import CheckpointError, ConfigError, DataError, brief
 from cdkd.models import ChangeModel
 from cdkd.runs.meta import CheckpointMeta
@@ -80,7 +80,7 @@ def normalization_of(ckpt: Path, hparams: dict[str, Any]) -> tuple[list[float], 
             raise CheckpointError(
                 f"{ckpt}: no normalisation recorded and no config {path} to take it from"
             )
-        loaded: Any = OmegaConf.to_container(OmegaConf.load(path).normalize)
+        loaded: Any = OmegaConf.to_container(model_config(hparams["model"]).normalize)
         normalize = loaded
         source = f"conf/model/{path.name}"
     if not isinstance(normalize, Mapping):

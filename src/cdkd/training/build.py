@@ -17,7 +17,7 @@ from cdkd.models.pretrained import random_parts, resolve_all
 from cdkd.runs.meta import CheckpointMeta, PartitionMeta, Source
 from cdkd.training.distill import DistillationModule
 from cdkd.training.module import ChangeDetectionModule
-from cdkd.training.trainer import Schedule
+from cdkd.training.schedule import Schedule
 
 log = logging.getLogger(__name__)
 

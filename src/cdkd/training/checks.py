@@ -13,6 +13,7 @@ from cdkd.metrics import EMPTY_POLICIES
 from cdkd.partition import PartitionScheme
 from cdkd.training.losses import AVERAGES, DICE_KINDS, LOSSES
 from cdkd.training.module import NAN_POLICIES
+from cdkd.training.schedule import trainer_overrides
 
 RESUME_MODES = ("auto", True, False)
 
@@ -81,6 +82,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("max_steps", "distill_max_steps", "warmup_steps", "val_every"):
         if number(cfg, f"schedule.{key}", int) < (1 if key != "warmup_steps" else 0):
             raise ConfigError(f"schedule.{key} = {cfg.schedule[key]} is out of range")
+    trainer_overrides(cfg)
 
 
 def check_splits(cfg: DictConfig, datamodule: Any) -> None:

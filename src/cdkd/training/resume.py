@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from cdkd.errors import ConfigError
 from cdkd.runs.layout import RunFolder
 from cdkd.runs.meta import read_meta
-from cdkd.training.trainer import Schedule
+from cdkd.training.schedule import Schedule
 
 log = logging.getLogger(__name__)
 

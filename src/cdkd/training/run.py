@@ -26,7 +26,8 @@ from cdkd.training.checks import check_config, check_splits
 from cdkd.training.evaluation import evaluate_best
 from cdkd.training.provenance import write_provenance
 from cdkd.training.resume import finished_run, resume_checkpoint
-from cdkd.training.trainer import build_trainer, resolve_schedule, resolve_world_size
+from cdkd.training.schedule import resolve_schedule
+from cdkd.training.trainer import build_trainer, resolve_world_size
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -17,6 +16,7 @@ from cdkd.config import plain
 from cdkd.errors import ConfigError, brief
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
 from cdkd.training.checks import number
+from cdkd.training.schedule import Schedule
 
 
 def uses_gpu(cfg: DictConfig) -> bool:
@@ -30,15 +30,6 @@ def resolve_precision(cfg: DictConfig) -> str:
     if precision != "auto":
         return precision
     return "bf16-mixed" if uses_gpu(cfg) else "32-true"
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Optimizer steps of a run: total, warm-up, and between validations."""
-
-    max_steps: int
-    warmup_steps: int
-    val_every: int
 
 
 def resolve_world_size(cfg: DictConfig) -> int:
@@ -77,26 +68,6 @@ def _accelerator_class(flag: str) -> type[Accelerator]:
         if accelerator.is_available():
             return accelerator
     raise ConfigError(f"trainer.accelerator = {flag!r}: no such device is available here")
-
-
-def resolve_schedule(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> Schedule:
-    """The run's schedule in optimizer steps.
-
-    From ``cfg.schedule`` (the student takes ``distill_max_steps``), whatever the number of
-    processes: ``data.batch_size`` is the global batch. When the model counts its recipe in
-    epochs (``model.epochs``, e.g. TTP) and the schedule accepts that (``schedule.model_epochs``,
-    true for the paper's schedule), epochs are converted with the training batches each of the
-    ``world_size`` processes draws in an epoch.
-    """
-    distill = cfg.stage.kind == "distill"
-    epochs = cfg.model.get("epochs")
-    if epochs is None or not cfg.schedule.get("model_epochs", False):
-        steps = int(cfg.schedule["distill_max_steps" if distill else "max_steps"])
-        return Schedule(steps, int(cfg.schedule.warmup_steps), int(cfg.schedule.val_every))
-    datamodule.setup("fit")
-    per_epoch = max(1, datamodule.train_batches(world_size))
-    steps = int(epochs["distill" if distill else "max"]) * per_epoch
-    return Schedule(steps, int(epochs.warmup) * per_epoch, int(epochs.val_every) * per_epoch)
 
 
 def build_trainer(cfg: DictConfig, schedule: Schedule, world: int) -> L.Trainer:
