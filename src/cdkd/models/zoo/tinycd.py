@@ -44,17 +44,18 @@ _UNIT: dict[str, Any] = {"bias": True, "norm": "instance", "act": "prelu", "act_
 def _pixel_mlp(widths: Sequence[int], final_prelu: bool) -> nn.Sequential:
     """1x1 convs through ``widths``, each followed by a PReLU (the last only if ``final_prelu``).
 
-    Every layer is its own ``Sequential(conv[, PReLU])``, so layer ``i``'s keys are ``i.0.*``
-    and ``i.1.*`` whatever the depth.
+    Every layer is its own block (conv[, PReLU]), so layer ``i``'s keys are ``i.0.*`` and
+    ``i.1.*`` whatever the depth.
     """
-    layers = []
-    for i, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
-        last = i == len(widths) - 2
-        parts: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=1)]
-        if not last or final_prelu:
-            parts.append(nn.PReLU())
-        layers.append(nn.Sequential(*parts))
-    return nn.Sequential(*layers)
+    last = len(widths) - 2
+    return nn.Sequential(
+        *(
+            ConvNormAct(
+                c_in, c_out, bias=True, norm=None, act="prelu" if i < last or final_prelu else None
+            )
+            for i, (c_in, c_out) in enumerate(itertools.pairwise(widths))
+        )
+    )
 
 
 class ChannelMix(nn.Module):
