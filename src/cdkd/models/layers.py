@@ -55,7 +55,7 @@ class ConvNormAct(nn.Sequential):
         act: ``relu`` (in place), ``prelu``, ``gelu``, a factory, or None.
         act_first: run the activation before the norm.
         dropout: ``Dropout2d`` probability after the block (0: none).
-        transposed: use a stride-1-style ``ConvTranspose2d`` (FC-Siam's decoder units).
+        transposed: use a ``ConvTranspose2d`` (the decoder units of the FC-Siam U-Nets).
     """
 
     def __init__(
