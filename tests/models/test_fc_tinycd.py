@@ -1,4 +1,4 @@
-"""Model zoo: FC-EF, FC-Siam-conc, FC-Siam-diff and TinyCD."""
+"""Model zoo: FC-EF, FC-Siam-conc, FC-Siam-diff and TinyCD, and the blocks the zoo shares."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from cdkd.errors import CdkdError, ConfigError
 from cdkd.models import create_model, list_models
 from cdkd.models.complexity import count_parameters
+from cdkd.models.layers import ConvNormAct, pad_like
 from tests.factories import image_pair
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -137,3 +138,29 @@ def test_tinycd_reproduces_the_authors_release(release: str) -> None:
     assert logit.shape == fixture["prob"].shape == (1, 1, 64, 64)
     torch.testing.assert_close(torch.sigmoid(logit), fixture["prob"], atol=1e-5, rtol=0)
     torch.testing.assert_close(logit, fixture["logit"], atol=1e-4, rtol=1e-5)
+
+
+def test_conv_norm_act_is_the_plain_sequential_it_replaces() -> None:
+    """Same keys, same seeded initial weights and same output as the layers written out."""
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.PReLU(), torch.nn.BatchNorm2d(6)
+    )
+    torch.manual_seed(0)
+    block = ConvNormAct(4, 6, 3, bias=True, act="prelu", act_first=True)
+    assert list(block.state_dict()) == list(plain.state_dict())
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in block.state_dict().items())
+    x = torch.randn(2, 4, 9, 7)
+    assert torch.equal(block(x), plain(x))
+    unit = ConvNormAct(4, 6, norm=None, dropout=0.2, transposed=True)
+    kinds = [type(m) for m in unit]
+    assert kinds == [torch.nn.ConvTranspose2d, torch.nn.ReLU, torch.nn.Dropout2d]
+    assert unit[0].bias is None
+
+
+def test_pad_like_edge_pads_to_the_skip_size() -> None:
+    x = torch.arange(4.0).view(1, 1, 2, 2)
+    padded = pad_like(x, torch.zeros(1, 1, 3, 3))
+    assert padded.shape[-2:] == (3, 3)
+    assert torch.equal(padded[..., 2, :2], x[..., 1, :]) and padded[0, 0, 2, 2] == 3.0
+    assert pad_like(x, torch.zeros(1, 1, 2, 2)) is x

@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 
 import torch
 
-from cdkd.errors import CheckpointError, brief
+from cdkd.errors import CheckpointError
 from cdkd.models.base import ChangeModel
 from cdkd.models.pretrained import load_pretrained, resolve_all
+from cdkd.models.weight_files import load_checkpoint_file
 
 M = TypeVar("M", bound=type[ChangeModel])
 
@@ -89,17 +90,6 @@ def get_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
         raise KeyError(f"unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
-
-
-def load_checkpoint_file(path: Path, mmap: bool | None = None) -> Any:
-    """``torch.load`` of a checkpoint (tensors and plain data only) onto the CPU; a file torch
-    cannot read is a ``CheckpointError`` naming it. ``mmap=True`` maps tensors instead of
-    reading them (``None``: torch's default)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:
-        reason = brief(exc, sentences=1)
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({reason})") from exc
 
 
 def read_state_dict(path: str | Path, model: str | None = None) -> dict[str, torch.Tensor]:

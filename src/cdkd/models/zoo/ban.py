@@ -19,7 +19,6 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -27,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from cdkd.errors import ConfigError
 from cdkd.models.backbones import mix_transformer
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct, concat_resized, resize
 from cdkd.models.registry import ModelInfo, register_model
 
 #: Side-branch stages (0-based) after which a foundation-model map is fused in, one per tap.
@@ -38,15 +38,6 @@ BRIDGE_FFN_HIDDEN = 4
 PROJECTION_LN_EPS = 1e-6
 BRIDGE_LN_EPS = 1e-5
 DECODER_DROPOUT = 0.1
-
-
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """1x1 conv (no bias), BatchNorm and ReLU: mmcv's ``ConvModule`` with a BN norm."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
 
 
 class MixFFN(nn.Module):
@@ -92,7 +83,7 @@ class Bridge(nn.Module):
         attended = self.attn(query, memory, memory, need_weights=False)[0]
         x = x + attended.transpose(1, 2).reshape(x.shape)
         x = self.ffn(self.norm2(x), identity=x)
-        return x + F.interpolate(fm, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return x + resize(fm, x.shape[-2:])
 
 
 class AdapterBranch(nn.Module):
@@ -134,23 +125,14 @@ class BanDecoder(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int) -> None:
         super().__init__()
-        self.levels = nn.ModuleList(conv_bn_relu(c, channels) for c in in_channels)
-        self.fuse = conv_bn_relu(channels * len(in_channels), channels)
+        self.levels = nn.ModuleList(ConvNormAct(c, channels) for c in in_channels)
+        self.fuse = ConvNormAct(channels * len(in_channels), channels)
         self.discriminator = MixFFN(2 * channels, 2 * channels)
         self.dropout = nn.Dropout2d(DECODER_DROPOUT)
         self.classifier = nn.Conv2d(2 * channels, num_classes, kernel_size=1)
 
     def _embed(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
-        size = levels[0].shape[-2:]
-        return self.fuse(
-            torch.cat(
-                [
-                    F.interpolate(conv(x), size=size, mode="bilinear", align_corners=False)
-                    for conv, x in zip(self.levels, levels, strict=True)
-                ],
-                dim=1,
-            )
-        )
+        return self.fuse(concat_resized(self.levels, levels, levels[0].shape[-2:]))
 
     def forward(
         self, levels1: Sequence[torch.Tensor], levels2: Sequence[torch.Tensor]
@@ -276,7 +258,7 @@ class BAN(ChangeModel):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         images = torch.cat([x1, x2])
         side = self.encoder_resolution
-        resized = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+        resized = resize(images, (side, side))
         fm_maps = self.encoder.forward_intermediates(
             resized, indices=self.encoder_taps, output_fmt="NCHW", intermediates_only=True
         )

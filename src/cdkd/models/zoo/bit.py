@@ -23,6 +23,7 @@ from torch import nn
 
 from cdkd.models.backbones import resnet_v1c
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct, classifier, fan_out_init, init_classifier
 from cdkd.models.registry import ModelInfo, register_model
 
 #: ResNet-18 stage whose output feeds the head, and its width.
@@ -38,7 +39,6 @@ DECODER_DEPTH = 8
 #: Upsampling before the head's conv and after the difference (1/8 -> 1/4 -> 1/1).
 PRE_UPSAMPLE = 2
 POST_UPSAMPLE = 4
-HEAD_DROPOUT = 0.1
 
 
 class Attention(nn.Module):
@@ -93,14 +93,6 @@ class TransformerLayer(nn.Module):
         return x + self.ffn(self.norm_ffn(x))
 
 
-def _conv_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    """Conv with bias and ReLU, initialised as mmcv's ConvModule (Kaiming, fan-out)."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    nn.init.zeros_(conv.bias)
-    return nn.Sequential(conv, nn.ReLU(inplace=True))
-
-
 @register_model(
     "bit_r18",
     info=ModelInfo(
@@ -131,8 +123,13 @@ class BIT(ChangeModel):
         first_block.conv1.stride = (1, 1)
         first_block.downsample[0].stride = (1, 1)
 
-        self.reduce = _conv_relu(BACKBONE_CHANNELS, TOKEN_CHANNELS, 3)
-        self.token_attention = _conv_relu(TOKEN_CHANNELS, TOKENS_PER_IMAGE, 1)
+        # Biased conv-ReLU units with mmcv's ConvModule init (Kaiming fan-out, zero bias).
+        self.reduce = fan_out_init(
+            ConvNormAct(BACKBONE_CHANNELS, TOKEN_CHANNELS, 3, bias=True, norm=None), zero_bias=True
+        )
+        self.token_attention = fan_out_init(
+            ConvNormAct(TOKEN_CHANNELS, TOKENS_PER_IMAGE, 1, bias=True, norm=None), zero_bias=True
+        )
         self.pos_embedding = nn.Parameter(torch.randn(1, 2 * TOKENS_PER_IMAGE, TOKEN_CHANNELS))
         self.encoder = nn.ModuleList(
             TransformerLayer(TOKEN_CHANNELS, INNER_CHANNELS, NUM_HEADS, cross=False)
@@ -142,10 +139,8 @@ class BIT(ChangeModel):
             TransformerLayer(TOKEN_CHANNELS, INNER_CHANNELS, NUM_HEADS, cross=True)
             for _ in range(DECODER_DEPTH)
         )
-        classifier = nn.Conv2d(TOKEN_CHANNELS, self.out_channels, kernel_size=1)
-        nn.init.normal_(classifier.weight, std=0.01)
-        nn.init.zeros_(classifier.bias)
-        self.classifier = nn.Sequential(nn.Dropout2d(HEAD_DROPOUT), classifier)
+        self.classifier = classifier(TOKEN_CHANNELS, self.out_channels)
+        init_classifier(self.classifier[1])
 
     def tokens(self, features: torch.Tensor) -> torch.Tensor:
         """Semantic tokens ``[B, 4, 32]``: features pooled by spatially softmaxed attention."""

@@ -13,6 +13,7 @@ size like the prior.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 
 from cdkd.models.backbones import tapped_features, vgg16_features
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct, resize
 from cdkd.models.registry import ModelInfo, register_model
 
 #: VGG-16-BN layers kept: up to the BN of the last convolution (its ReLU is left out).
@@ -37,19 +39,8 @@ HEAD_WIDTH = 64
 #: Query/key width of a Change Guide Module relative to its input.
 QUERY_RATIO = 8
 
-
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv (no bias), BN and ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _resize(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize with aligned corners, the reference's choice everywhere in this network."""
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+#: Bilinear resize with aligned corners, the reference's choice everywhere in this network.
+_resize = functools.partial(resize, align_corners=True)
 
 
 class ChangeGuideModule(nn.Module):
@@ -119,25 +110,25 @@ class CGNet(ChangeModel):
         super().__init__()
         self.aux_heads = aux_heads
         self.encoder = vgg16_features(batch_norm=True)[:ENCODER_LAYERS]
-        self.reduce = nn.ModuleList(_conv_bn_relu(2 * w, w) for w in FUSED_WIDTHS)
+        self.reduce = nn.ModuleList(ConvNormAct(2 * w, w, 3) for w in FUSED_WIDTHS)
         deepest = FUSED_WIDTHS[-1]
         self.prior_head = nn.Sequential(
-            _conv_bn_relu(deepest, HEAD_WIDTH), nn.Conv2d(HEAD_WIDTH, 1, 3, padding=1)
+            ConvNormAct(deepest, HEAD_WIDTH, 3), nn.Conv2d(HEAD_WIDTH, 1, 3, padding=1)
         )
         # Decoder steps from stride 16 up to stride 2: guide, upsample, fuse with the skip.
         widths = [deepest, *FUSED_WIDTHS[-2::-1]]
         self.guides = nn.ModuleList(ChangeGuideModule(w) for w in widths[:-1])
         self.decoder = nn.ModuleList(
-            _conv_bn_relu(w + skip, skip) for w, skip in itertools.pairwise(widths)
+            ConvNormAct(w + skip, skip, 3) for w, skip in itertools.pairwise(widths)
         )
         self.head = nn.Sequential(
-            _conv_bn_relu(FUSED_WIDTHS[0], HEAD_WIDTH), nn.Conv2d(HEAD_WIDTH, 1, kernel_size=1)
+            ConvNormAct(FUSED_WIDTHS[0], HEAD_WIDTH, 3), nn.Conv2d(HEAD_WIDTH, 1, kernel_size=1)
         )
         self.unused = nn.ModuleDict(
             {
-                "up_layer4": _conv_bn_relu(512, 512),
-                "up_layer3": _conv_bn_relu(512, 512),
-                "up_layer2": _conv_bn_relu(256, 256),
+                "up_layer4": ConvNormAct(512, 512, 3),
+                "up_layer3": ConvNormAct(512, 512, 3),
+                "up_layer2": ConvNormAct(256, 256, 3),
             }
         )
         self.unused.requires_grad_(False)

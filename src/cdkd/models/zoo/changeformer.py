@@ -15,18 +15,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cdkd.errors import ConfigError
 from cdkd.models.backbones import mix_transformer
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct, classifier, concat_resized
 from cdkd.models.registry import ModelInfo, register_model
 
 #: smp MiT variants a model may be built on.
 MIT_VARIANTS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
-#: Channel dropout before every 1x1 classifier (mmseg's decode-head default in these configs).
-HEAD_DROPOUT = 0.1
 
 
 class MiTStages(nn.Module):
@@ -70,22 +68,6 @@ class MiTStages(nn.Module):
         return features
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """1x1 conv (no bias: BN follows), BN and ReLU: mmseg's ``ConvModule`` as the heads use it."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-def resize_to(x: torch.Tensor, size: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """Bilinear resize (corners not aligned) to ``size``; a no-op when it already matches."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 class MLPFusion(nn.Module):
     """SegFormer's all-MLP fusion of a feature pyramid at the resolution of its first level.
 
@@ -95,20 +77,11 @@ class MLPFusion(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], channels: int, out_channels: int) -> None:
         super().__init__()
-        self.lateral = nn.ModuleList(conv_bn_relu(c, channels) for c in in_channels)
-        self.fuse = conv_bn_relu(channels * len(in_channels), out_channels)
+        self.lateral = nn.ModuleList(ConvNormAct(c, channels) for c in in_channels)
+        self.fuse = ConvNormAct(channels * len(in_channels), out_channels)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        size = features[0].shape[-2:]
-        levels = [
-            resize_to(lateral(x), size) for lateral, x in zip(self.lateral, features, strict=True)
-        ]
-        return self.fuse(torch.cat(levels, dim=1))
-
-
-def classifier(channels: int, num_classes: int) -> nn.Sequential:
-    """Channel dropout and a 1x1 conv to the class logits (mmseg's ``cls_seg``)."""
-    return nn.Sequential(nn.Dropout2d(HEAD_DROPOUT), nn.Conv2d(channels, num_classes, 1))
+        return self.fuse(concat_resized(self.lateral, features, features[0].shape[-2:]))
 
 
 class SegFormerHead(nn.Module):

@@ -25,8 +25,9 @@ from torch import nn
 from cdkd.errors import ConfigError
 from cdkd.models.backbones import resnet_v1c
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct, classifier
 from cdkd.models.registry import ModelInfo, register_model
-from cdkd.models.zoo.changeformer import MIT_VARIANTS, MiTStages, MLPFusion, classifier
+from cdkd.models.zoo.changeformer import MIT_VARIANTS, MiTStages, MLPFusion
 
 #: Interaction after each of the four backbone stages in Open-CD's ChangerEx.
 CHANGER_EX = ("none", "spatial", "channel", "channel")
@@ -140,9 +141,7 @@ class FlowDualAlignment(nn.Module):
         super().__init__()
         both = 2 * channels
         self.flow = nn.Sequential(
-            nn.Conv2d(both, both, kernel_size=5, padding=2, groups=both),
-            nn.InstanceNorm2d(both),
-            nn.GELU(),
+            *ConvNormAct(both, both, 5, groups=both, bias=True, norm="instance", act="gelu"),
             nn.Conv2d(both, 4, kernel_size=1, bias=False),
         )
 

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cdkd.errors import ConfigError
 from cdkd.models.backbones import resnet_v1c
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct, PlainFPN, classifier, resize
 from cdkd.models.registry import ModelInfo, register_model
 
 Body = Literal["farseg", "upernet"]
@@ -30,8 +30,6 @@ STAGE_CHANNELS = (64, 128, 256, 512)
 BODY_CHANNELS = 128
 #: ChangeMixin's inner width d_c (one conv, N = 1).
 MIXIN_CHANNELS = 96
-#: Dropout2d probability before the 1x1 change classifier.
-HEAD_DROPOUT = 0.1
 #: FarSeg: width of the FPN and of the foreground-scene relation.
 FPN_CHANNELS = 256
 FSR_CHANNELS = 256
@@ -39,24 +37,10 @@ FSR_CHANNELS = 256
 POOL_SCALES = (1, 2, 3, 6)
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    """Conv (no bias, "same" padding), BN and ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize (corners not aligned)."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-class FarSegBody(nn.Module):
+class FarSegBody(PlainFPN):
     """FarSeg's FPN, foreground-scene relation and light-weight decoder for one date.
 
-    The FPN has no normalisation (1x1 laterals, nearest top-down sums, 3x3 output convs). The
+    The FPN is a :class:`~cdkd.models.layers.PlainFPN` (no normalisation). The
     scene embedding is the global average of the stride-32 stage; per level it is encoded
     (1x1, ReLU, 1x1) and its dot product with the encoded content gives a sigmoid relation map
     that weights a re-encoding of the level. The decoder brings each level to stride 4 with
@@ -71,12 +55,8 @@ class FarSegBody(nn.Module):
         fsr_channels: int = FSR_CHANNELS,
         channels: int = BODY_CHANNELS,
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels, fpn_channels)
         levels = range(len(in_channels))
-        self.laterals = nn.ModuleList(nn.Conv2d(c, fpn_channels, 1) for c in in_channels)
-        self.smooth = nn.ModuleList(
-            nn.Conv2d(fpn_channels, fpn_channels, 3, padding=1) for _ in levels
-        )
         self.scene_encoders = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(in_channels[-1], fsr_channels, 1),
@@ -86,30 +66,24 @@ class FarSegBody(nn.Module):
             for _ in levels
         )
         self.content_encoders = nn.ModuleList(
-            _conv_bn_relu(fpn_channels, fsr_channels, 1) for _ in levels
+            ConvNormAct(fpn_channels, fsr_channels, 1) for _ in levels
         )
-        self.reencoders = nn.ModuleList(
-            _conv_bn_relu(fpn_channels, fsr_channels, 1) for _ in levels
-        )
+        self.reencoders = nn.ModuleList(ConvNormAct(fpn_channels, fsr_channels, 1) for _ in levels)
         # Level i sits at stride 4 * 2**i: i upsampling units (one plain unit at stride 4).
         self.decoders = nn.ModuleList()
         for level in levels:
             units: list[nn.Module] = []
             for unit in range(max(level, 1)):
-                units.append(_conv_bn_relu(fsr_channels if unit == 0 else channels, channels, 3))
+                units.append(ConvNormAct(fsr_channels if unit == 0 else channels, channels, 3))
                 if level > 0:
                     units.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True))
             self.decoders.append(nn.Sequential(*units))
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        pyramid = [lateral(f) for lateral, f in zip(self.laterals, features, strict=True)]
-        for i in reversed(range(len(pyramid) - 1)):
-            coarse = F.interpolate(pyramid[i + 1], size=pyramid[i].shape[-2:], mode="nearest")
-            pyramid[i] = pyramid[i] + coarse
+    # The body extends the FPN and returns the fused map, not the FPN's levels.
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
         scene = features[-1].mean(dim=(2, 3), keepdim=True)
         decoded = []
-        for i, level in enumerate(pyramid):
-            level = self.smooth[i](level)
+        for i, level in enumerate(super().forward(features)):
             content = self.content_encoders[i](level)
             relation = torch.sigmoid((self.scene_encoders[i](scene) * content).sum(1, keepdim=True))
             decoded.append(self.decoders[i](relation * self.reencoders[i](level)))
@@ -134,25 +108,25 @@ class UPerBody(nn.Module):
         super().__init__()
         top = in_channels[-1]
         self.pools = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(scale), _conv_bn_relu(top, channels, 1))
+            nn.Sequential(nn.AdaptiveAvgPool2d(scale), ConvNormAct(top, channels, 1))
             for scale in pool_scales
         )
-        self.pool_fuse = _conv_bn_relu(top + len(pool_scales) * channels, channels, 3)
-        self.laterals = nn.ModuleList(_conv_bn_relu(c, channels, 1) for c in in_channels[:-1])
-        self.smooth = nn.ModuleList(_conv_bn_relu(channels, channels, 3) for _ in in_channels[:-1])
-        self.fuse = _conv_bn_relu(len(in_channels) * channels, channels, 3)
+        self.pool_fuse = ConvNormAct(top + len(pool_scales) * channels, channels, 3)
+        self.laterals = nn.ModuleList(ConvNormAct(c, channels, 1) for c in in_channels[:-1])
+        self.smooth = nn.ModuleList(ConvNormAct(channels, channels, 3) for _ in in_channels[:-1])
+        self.fuse = ConvNormAct(len(in_channels) * channels, channels, 3)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         top = features[-1]
-        pooled = [_resize(branch(top), top.shape[-2:]) for branch in self.pools]
+        pooled = [resize(branch(top), top.shape[-2:]) for branch in self.pools]
         levels = [lateral(f) for lateral, f in zip(self.laterals, features[:-1], strict=True)]
         levels.append(self.pool_fuse(torch.cat([top, *pooled], dim=1)))
         for i in reversed(range(len(levels) - 1)):
-            levels[i] = levels[i] + _resize(levels[i + 1], levels[i].shape[-2:])
+            levels[i] = levels[i] + resize(levels[i + 1], levels[i].shape[-2:])
         outs = [smooth(level) for smooth, level in zip(self.smooth, levels[:-1], strict=True)]
         outs.append(levels[-1])
         size = outs[0].shape[-2:]
-        return self.fuse(torch.cat([outs[0], *(_resize(o, size) for o in outs[1:])], dim=1))
+        return self.fuse(torch.cat([outs[0], *(resize(o, size) for o in outs[1:])], dim=1))
 
 
 _DISTILL_TARGET = (
@@ -217,14 +191,8 @@ class ChangeStar(ChangeModel):
             raise ConfigError(f"body must be 'farseg' or 'upernet', got {body!r}")
         self.backbone = resnet_v1c(18)
         self.body = FarSegBody() if body == "farseg" else UPerBody()
-        self.mixin = nn.Sequential(
-            nn.Conv2d(2 * BODY_CHANNELS, MIXIN_CHANNELS, 3, padding=1),
-            nn.BatchNorm2d(MIXIN_CHANNELS),
-            nn.ReLU(inplace=True),
-        )
-        self.classifier = nn.Sequential(
-            nn.Dropout2d(HEAD_DROPOUT), nn.Conv2d(MIXIN_CHANNELS, self.out_channels, 1)
-        )
+        self.mixin = ConvNormAct(2 * BODY_CHANNELS, MIXIN_CHANNELS, 3, bias=True)
+        self.classifier = classifier(MIXIN_CHANNELS, self.out_channels)
         self.aux_heads = aux_heads
 
     def _maps(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,7 @@ from torch import nn
 
 from cdkd.errors import ConfigError
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct, classifier, pad_like
 from cdkd.models.registry import ModelInfo, register_model
 
 Fusion = Literal["early", "conc", "diff"]
@@ -33,21 +34,18 @@ Fusion = Literal["early", "conc", "diff"]
 #: Encoder widths and number of conv units per stage (the decoder mirrors them).
 WIDTHS = (16, 32, 64, 128)
 DEPTHS = (2, 2, 3, 3)
-#: Dropout2d probability after every conv unit of the U-Net, and before the classifier.
+#: Dropout2d probability after every conv unit of the U-Net.
 UNIT_DROPOUT = 0.2
-HEAD_DROPOUT = 0.1
 
 
-def _unit(conv: nn.Module, channels: int) -> nn.Sequential:
-    """``conv`` followed by BN, ReLU and channel dropout (the conv keeps its bias, as upstream)."""
-    return nn.Sequential(
-        conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.Dropout2d(UNIT_DROPOUT)
+def _unit(in_channels: int, out_channels: int, transposed: bool = False) -> ConvNormAct:
+    """3x3 conv (with bias, as upstream), BN, ReLU and channel dropout.
+
+    The decoder's units use a stride-1 transposed conv, its "convolution" in the original design.
+    """
+    return ConvNormAct(
+        in_channels, out_channels, 3, bias=True, dropout=UNIT_DROPOUT, transposed=transposed
     )
-
-
-def _decoder_conv(in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
-    """Stride-1 3x3 transposed conv, the decoder's "convolution" in the original design."""
-    return nn.ConvTranspose2d(in_channels, out_channels, kernel_size=3, padding=1)
 
 
 @register_model("fc_ef", info=ModelInfo("CNN", "CNN", 1.353, 12.976), fusion="early")
@@ -71,8 +69,8 @@ class FullyConvCD(ChangeModel):
         in_channels = 6 if fusion == "early" else 3
         self.encoder = nn.ModuleList()
         for width, depth in zip(WIDTHS, DEPTHS, strict=True):
-            units: list[nn.Module] = [_unit(nn.Conv2d(in_channels, width, 3, padding=1), width)]
-            units += [_unit(nn.Conv2d(width, width, 3, padding=1), width) for _ in range(depth - 1)]
+            units: list[nn.Module] = [_unit(in_channels, width)]
+            units += [_unit(width, width) for _ in range(depth - 1)]
             self.encoder.append(nn.Sequential(*units))
             in_channels = width
 
@@ -86,14 +84,14 @@ class FullyConvCD(ChangeModel):
             out_width = WIDTHS[max(level - 1, 0)]
             channels = [width * (1 + skip_factor), *[width] * (depth - 1), out_width]
             pairs = list(itertools.pairwise(channels))
-            units = [_unit(_decoder_conv(c_in, c_out), c_out) for c_in, c_out in pairs[:-1]]
-            last = _decoder_conv(*pairs[-1])
-            units.append(last if level == 0 else _unit(last, out_width))
+            units = [_unit(c_in, c_out, transposed=True) for c_in, c_out in pairs[:-1]]
+            if level == 0:
+                units.append(nn.ConvTranspose2d(*pairs[-1], kernel_size=3, padding=1))
+            else:
+                units.append(_unit(*pairs[-1], transposed=True))
             self.decoder.append(nn.Sequential(*units))
 
-        self.head = nn.Sequential(
-            nn.Dropout2d(HEAD_DROPOUT), nn.Conv2d(WIDTHS[0], self.out_channels, 1)
-        )
+        self.head = classifier(WIDTHS[0], self.out_channels)
 
     def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-stage features (the skips) and the pooled output of the last stage."""
@@ -117,10 +115,6 @@ class FullyConvCD(ChangeModel):
 
         for level in reversed(range(len(WIDTHS))):
             skip = skips[level]
-            up = self.upsample[level](x)
-            # Odd sizes lose a row/column to pooling: replicate the upsampled edge to match.
-            pad_w, pad_h = skip.shape[-1] - up.shape[-1], skip.shape[-2] - up.shape[-2]
-            if pad_w or pad_h:
-                up = F.pad(up, (0, pad_w, 0, pad_h), mode="replicate")
+            up = pad_like(self.upsample[level](x), skip)
             x = self.decoder[level](torch.cat((up, skip), dim=1))
         return self.head(x)

@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdkd.models.base import ChangeModel
-from cdkd.models.layers import ResidualBlock
+from cdkd.models.layers import (
+    ConvNormAct,
+    ResidualBlock,
+    classifier,
+    fan_out_init,
+    init_classifier,
+    resize,
+)
 from cdkd.models.registry import ModelInfo, register_model
 
 #: Number of encoder scales.
@@ -29,7 +36,6 @@ SCALES = 4
 DILATIONS = (1, 2, 3, 4)
 #: Width of the channel self-attention branch.
 CAM_CHANNELS = 32
-HEAD_DROPOUT = 0.1
 
 
 class ChannelSelfAttention(nn.Module):
@@ -92,13 +98,9 @@ class HierarchicalAttention(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channel = nn.Sequential(
-            nn.Conv2d(channels, CAM_CHANNELS, 3, padding=1),
-            nn.BatchNorm2d(CAM_CHANNELS),
-            nn.PReLU(),
+            *ConvNormAct(channels, CAM_CHANNELS, 3, bias=True, act="prelu"),
             ChannelSelfAttention(),
-            nn.Conv2d(CAM_CHANNELS, channels, 3, padding=1),
-            nn.BatchNorm2d(channels),
-            nn.PReLU(),
+            *ConvNormAct(CAM_CHANNELS, channels, 3, bias=True, act="prelu"),
         )
         self.column = AxialAttention(channels, axis=-2)
         self.row = AxialAttention(channels, axis=-1)
@@ -164,18 +166,9 @@ class HANet(ChangeModel):
         self.unused_convs = nn.ModuleList(
             nn.Conv2d(width, min(width, widths[1]), 3, padding=1) for width in widths
         )
-        self.head = nn.Sequential(
-            nn.Dropout2d(HEAD_DROPOUT), nn.Conv2d(widths[1], self.out_channels, 1)
-        )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        classifier = self.head[-1]
-        nn.init.normal_(classifier.weight, std=0.01)
-        nn.init.zeros_(classifier.bias)
+        self.head = classifier(widths[1], self.out_channels)
+        fan_out_init(self)
+        init_classifier(self.head[-1])
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Features at scales 1, 1/2, 1/4 and 1/8."""
@@ -194,6 +187,5 @@ class HANet(ChangeModel):
         ]
         x = levels[-1]
         for attended in reversed(levels[:-1]):
-            up = F.interpolate(x, size=attended.shape[-2:], mode="bilinear", align_corners=False)
-            x = torch.cat((attended, up), dim=1)
+            x = torch.cat((attended, resize(x, attended.shape[-2:])), dim=1)
         return self.head(self.reduce(x))

@@ -15,11 +15,11 @@ import itertools
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cdkd.models.backbones import tapped_features, vgg16_features
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ChannelAttention, ConvNormAct
 from cdkd.models.registry import ModelInfo, register_model
 
 #: Output widths of VGG-16's 3x3 convolutions, one tuple per stage (a max-pool between stages).
@@ -38,22 +38,6 @@ LEVEL_WIDTHS = (
 ATTENTION_RATIO = 8
 
 
-class ChannelAttention(nn.Module):
-    """Per-channel gate in (0, 1): a shared two-layer 1x1-conv MLP on average and max pooling."""
-
-    def __init__(self, channels: int, ratio: int = ATTENTION_RATIO) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Conv2d(channels, channels // ratio, kernel_size=1, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(channels // ratio, channels, kernel_size=1, bias=False),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.mlp(F.adaptive_avg_pool2d(x, 1)) + self.mlp(F.adaptive_max_pool2d(x, 1))
-        return torch.sigmoid(pooled)
-
-
 class SpatialAttention(nn.Module):
     """Per-pixel gate in (0, 1): a 7x7 conv over the channel-wise mean and maximum."""
 
@@ -66,15 +50,6 @@ class SpatialAttention(nn.Module):
         return torch.sigmoid(self.conv(pooled))
 
 
-def _conv_prelu_bn(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv (with bias), PReLU and BN: the decoder's conv unit."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1),
-        nn.PReLU(),
-        nn.BatchNorm2d(out_channels),
-    )
-
-
 class FusionLevel(nn.Module):
     """One decoder level: optional channel attention, conv-PReLU-BN units, spatial attention, BN.
 
@@ -85,9 +60,15 @@ class FusionLevel(nn.Module):
 
     def __init__(self, widths: Sequence[int], channel_attention: bool) -> None:
         super().__init__()
-        self.channel_attention = ChannelAttention(widths[0]) if channel_attention else None
+        self.channel_attention = (
+            ChannelAttention(widths[0], ATTENTION_RATIO) if channel_attention else None
+        )
+        # Each unit: 3x3 conv (with bias), PReLU, then BN.
         self.convs = nn.Sequential(
-            *(_conv_prelu_bn(c_in, c_out) for c_in, c_out in itertools.pairwise(widths))
+            *(
+                ConvNormAct(c_in, c_out, 3, bias=True, act="prelu", act_first=True)
+                for c_in, c_out in itertools.pairwise(widths)
+            )
         )
         self.spatial_attention = SpatialAttention()
         self.norm = nn.BatchNorm2d(widths[-1])
@@ -154,7 +135,7 @@ class IFN(ChangeModel):
         deepest = LEVEL_WIDTHS[0][0]
         self.unused = nn.ModuleDict(
             {
-                "ca1": ChannelAttention(deepest),
+                "ca1": ChannelAttention(deepest, ATTENTION_RATIO),
                 "bn_ca1": nn.BatchNorm2d(deepest),
                 "bn_ca2": nn.BatchNorm2d(LEVEL_WIDTHS[1][0]),
             }

@@ -14,15 +14,16 @@ auxiliary output.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 from torchvision.models.shufflenetv2 import InvertedResidual, channel_shuffle
 
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct, PlainFPN, resize
 from cdkd.models.registry import ModelInfo, register_model
 
 #: Width of the stem and of the fused stride-2 map.
@@ -37,15 +38,6 @@ STAGE_UNITS = (4, 8, 4)
 CCA_RECURRENCE = 2
 #: Width of the FPN and of the head.
 FPN_CHANNELS = 48
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
-    """Conv (no bias, "same" padding), BN and ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
 
 
 def _units(in_channels: int, out_channels: int, count: int, stride: int) -> nn.Sequential:
@@ -97,10 +89,7 @@ class TimeAttention(nn.Module):
         super().__init__()
         hidden = max(channels // 16, 8)
         self.mlp = nn.Sequential(
-            nn.Conv2d(2 * channels, hidden, 1, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, 2 * channels, 1, bias=False),
+            *ConvNormAct(2 * channels, hidden), nn.Conv2d(hidden, 2 * channels, 1, bias=False)
         )
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,11 +104,11 @@ class DateFusion(nn.Module):
     def __init__(self, channels: int = STEM_CHANNELS) -> None:
         super().__init__()
         wide = FUSION_EXPANSION * channels
-        self.expand = _conv_bn_relu(channels, wide)
+        self.expand = ConvNormAct(channels, wide)
         self.units = _units(wide, wide, FUSION_UNITS, stride=1)
-        self.reduce = _conv_bn_relu(wide, channels)
+        self.reduce = ConvNormAct(wide, channels)
         self.time_attention = TimeAttention(channels)
-        self.merge = _conv_bn_relu(2 * channels, channels)
+        self.merge = ConvNormAct(2 * channels, channels)
 
     def _single(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.reduce(self.units(self.expand(x)))
@@ -127,25 +116,6 @@ class DateFusion(nn.Module):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         x1, x2 = self.time_attention(self._single(x1), self._single(x2))
         return self.merge(channel_shuffle(torch.cat((x1, x2), dim=1), 2))
-
-
-class TinyFPN(nn.Module):
-    """FPN without normalisation: 1x1 laterals, nearest top-down sums, 3x3 output convs."""
-
-    def __init__(self, in_channels: Sequence[int], channels: int = FPN_CHANNELS) -> None:
-        super().__init__()
-        self.laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
-        self.smooth = nn.ModuleList(
-            nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels
-        )
-
-    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        levels = [lateral(f) for lateral, f in zip(self.laterals, features, strict=True)]
-        for i in reversed(range(len(levels) - 1)):
-            levels[i] = levels[i] + F.interpolate(
-                levels[i + 1], size=levels[i].shape[-2:], mode="nearest"
-            )
-        return [smooth(level) for smooth, level in zip(self.smooth, levels, strict=True)]
 
 
 @register_model(
@@ -162,7 +132,7 @@ class LightCDNet(ChangeModel):
     """LightCDNet-s with 2-channel (unchanged, changed) logits at half the input resolution.
 
     The dates meet right after the stem (see the module doc); a ShuffleNetV2 stream with
-    criss-cross attention, a TinyFPN over four levels and the DS-FPN head follow. ``forward``
+    criss-cross attention, a plain FPN over four levels and the DS-FPN head follow. ``forward``
     returns the decode head's logits, which the student distils; the auxiliary FCN head is
     never distilled, as in the official code.
 
@@ -183,10 +153,8 @@ class LightCDNet(ChangeModel):
 
     def __init__(self, aux_heads: bool = False) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, STEM_CHANNELS, 3, stride=2, padding=1, bias=False),
-            LayerNorm2d(STEM_CHANNELS, eps=1e-5),
-            nn.GELU(),
+        self.stem = ConvNormAct(
+            3, STEM_CHANNELS, 3, stride=2, norm=functools.partial(LayerNorm2d, eps=1e-5), act="gelu"
         )
         self.fusion = DateFusion(STEM_CHANNELS)
         widths = (STEM_CHANNELS, *STAGE_CHANNELS)
@@ -197,12 +165,12 @@ class LightCDNet(ChangeModel):
         self.attention = nn.ModuleList(CrissCrossAttention(c) for c in STAGE_CHANNELS)
         # Units run before the feature is taken: the last one in stage 1, one fewer per stage.
         self.taps = [count - stage for stage, count in enumerate(STAGE_UNITS)]
-        self.fpn = TinyFPN(widths, FPN_CHANNELS)
-        self.scale_heads = nn.ModuleList(_conv_bn_relu(FPN_CHANNELS, FPN_CHANNELS) for _ in widths)
+        self.fpn = PlainFPN(widths, FPN_CHANNELS)
+        self.scale_heads = nn.ModuleList(ConvNormAct(FPN_CHANNELS, FPN_CHANNELS) for _ in widths)
         self.classifier = nn.Conv2d(FPN_CHANNELS, self.out_channels, 1)
         self.aux_head = (
             nn.Sequential(
-                _conv_bn_relu(STEM_CHANNELS, STEM_CHANNELS, 3),
+                ConvNormAct(STEM_CHANNELS, STEM_CHANNELS, 3),
                 nn.Conv2d(STEM_CHANNELS, self.out_channels, 1),
             )
             if aux_heads
@@ -227,9 +195,7 @@ class LightCDNet(ChangeModel):
         levels = self.fpn(features)
         out = self.scale_heads[0](levels[0])
         for head, level in zip(self.scale_heads[1:], levels[1:], strict=True):
-            out = out + F.interpolate(
-                head(level), size=out.shape[-2:], mode="bilinear", align_corners=False
-            )
+            out = out + resize(head(level), out.shape[-2:])
         return self.classifier(out)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdkd.models.base import ChangeModel
-from cdkd.models.layers import ResidualBlock
+from cdkd.models.layers import (
+    ChannelAttention,
+    ResidualBlock,
+    classifier,
+    fan_out_init,
+    init_classifier,
+    pad_like,
+)
 from cdkd.models.registry import ModelInfo, register_model
 
 #: Number of encoder levels (four pooling steps).
@@ -30,33 +37,6 @@ ENSEMBLE = LEVELS - 1
 #: Channel-attention reductions of ECAM: on the sum of the nodes and on their concatenation.
 INTRA_REDUCTION = 4
 INTER_REDUCTION = 16
-HEAD_DROPOUT = 0.1
-
-
-class ChannelAttention(nn.Module):
-    """Sigmoid channel weights ``[B, C, 1, 1]`` from one two-layer MLP on avg- and max-pools."""
-
-    def __init__(self, channels: int, reduction: int) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Conv2d(channels, channels // reduction, 1, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(channels // reduction, channels, 1, bias=False),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = self.mlp(F.adaptive_avg_pool2d(x, 1))
-        peak = self.mlp(F.adaptive_max_pool2d(x, 1))
-        return torch.sigmoid(avg + peak)
-
-
-def _upsample(up: nn.Module, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``up(x)``, edge-padded to ``like``'s size where pooling an odd side dropped a row/column."""
-    x = up(x)
-    pad_w, pad_h = like.shape[-1] - x.shape[-1], like.shape[-2] - x.shape[-2]
-    if pad_w or pad_h:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x
 
 
 @register_model(
@@ -111,18 +91,9 @@ class SNUNet(ChangeModel):
         width = widths[0]
         self.intra_attention = ChannelAttention(width, INTRA_REDUCTION)
         self.inter_attention = ChannelAttention(width * ENSEMBLE, INTER_REDUCTION)
-        self.head = nn.Sequential(
-            nn.Dropout2d(HEAD_DROPOUT), nn.Conv2d(width * ENSEMBLE, self.out_channels, 1)
-        )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        classifier = self.head[-1]
-        nn.init.normal_(classifier.weight, std=0.01)
-        nn.init.zeros_(classifier.bias)
+        self.head = classifier(width * ENSEMBLE, self.out_channels)
+        fan_out_init(self)
+        init_classifier(self.head[-1])
 
     def _encode(self, x: torch.Tensor, levels: int) -> list[torch.Tensor]:
         """Features of the first ``levels`` encoder levels."""
@@ -138,9 +109,8 @@ class SNUNet(ChangeModel):
         grid = [[skip] for skip in skips2]
         for column in range(1, LEVELS):
             for level in range(LEVELS - column):
-                below = _upsample(
-                    self.up[level][column - 1], grid[level + 1][column - 1], skips1[level]
-                )
+                up = self.up[level][column - 1]
+                below = pad_like(up(grid[level + 1][column - 1]), skips1[level])
                 inputs = [skips1[level], *grid[level], below]
                 grid[level].append(self.nodes[level][column - 1](torch.cat(inputs, dim=1)))
         top = grid[0][1:]

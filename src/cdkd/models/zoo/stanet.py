@@ -17,6 +17,7 @@ from torch import nn
 
 from cdkd.models.backbones import resnet_v1c
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct, concat_resized, fan_out_init
 from cdkd.models.registry import ModelInfo, register_model
 
 #: Channels of ResNet-18's four stages and the width each is projected to.
@@ -28,13 +29,6 @@ EMBED_CHANNELS = 256
 FUSE_DROPOUT = 0.5
 #: A distance above this is a change (Open-CD's ``distance_threshold``).
 DISTANCE_THRESHOLD = 1.0
-
-
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    """Bias-free conv, BN and ReLU with mmcv's ConvModule initialisation (Kaiming, fan-out)."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 @register_model(
@@ -68,22 +62,20 @@ class STANet(ChangeModel):
     def __init__(self) -> None:
         super().__init__()
         self.backbone = resnet_v1c(18, out_indices=(1, 2, 3, 4))
-        self.lateral = nn.ModuleList(conv_bn_relu(c, LATERAL_CHANNELS, 1) for c in LEVEL_CHANNELS)
+        # Every conv-BN-ReLU has mmcv's ConvModule init (Kaiming, fan-out).
+        self.lateral = nn.ModuleList(
+            fan_out_init(ConvNormAct(c, LATERAL_CHANNELS)) for c in LEVEL_CHANNELS
+        )
         self.fuse = nn.Sequential(
-            conv_bn_relu(LATERAL_CHANNELS * len(LEVEL_CHANNELS), EMBED_CHANNELS, 3),
+            fan_out_init(ConvNormAct(LATERAL_CHANNELS * len(LEVEL_CHANNELS), EMBED_CHANNELS, 3)),
             nn.Dropout(FUSE_DROPOUT),
-            conv_bn_relu(EMBED_CHANNELS, EMBED_CHANNELS, 3),
+            fan_out_init(ConvNormAct(EMBED_CHANNELS, EMBED_CHANNELS, 3)),
         )
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The ``[B, 256, H/4, W/4]`` embedding of one date."""
         levels = self.backbone(x)
-        size = levels[0].shape[-2:]
-        pyramid = [
-            F.interpolate(lateral(level), size=size, mode="bilinear", align_corners=False)
-            for lateral, level in zip(self.lateral, levels, strict=True)
-        ]
-        return self.fuse(torch.cat(pyramid, dim=1))
+        return self.fuse(concat_resized(self.lateral, levels, levels[0].shape[-2:]))
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         # Each date on its own, so training-mode BN statistics are per date as upstream.

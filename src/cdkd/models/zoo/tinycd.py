@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct
 from cdkd.models.registry import ModelInfo, register_model
 
 #: Stochastic-depth rate spread over EfficientNet-B4's blocks, as in torchvision's build that
@@ -36,22 +37,25 @@ from cdkd.models.registry import ModelInfo, register_model
 DROP_PATH_RATE = 0.2
 #: Number of EfficientNet-B4 stages kept after the stem.
 NUM_STAGES = 3
+#: TinyCD's conv units: a biased conv, PReLU, then instance norm (no affine).
+_UNIT: dict[str, Any] = {"bias": True, "norm": "instance", "act": "prelu", "act_first": True}
 
 
 def _pixel_mlp(widths: Sequence[int], final_prelu: bool) -> nn.Sequential:
     """1x1 convs through ``widths``, each followed by a PReLU (the last only if ``final_prelu``).
 
-    Every layer is its own ``Sequential(conv[, PReLU])``, so layer ``i``'s keys are ``i.0.*``
-    and ``i.1.*`` whatever the depth.
+    Every layer is its own block (conv[, PReLU]), so layer ``i``'s keys are ``i.0.*`` and
+    ``i.1.*`` whatever the depth.
     """
-    layers = []
-    for i, (c_in, c_out) in enumerate(itertools.pairwise(widths)):
-        last = i == len(widths) - 2
-        parts: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=1)]
-        if not last or final_prelu:
-            parts.append(nn.PReLU())
-        layers.append(nn.Sequential(*parts))
-    return nn.Sequential(*layers)
+    last = len(widths) - 2
+    return nn.Sequential(
+        *(
+            ConvNormAct(
+                c_in, c_out, bias=True, norm=None, act="prelu" if i < last or final_prelu else None
+            )
+            for i, (c_in, c_out) in enumerate(itertools.pairwise(widths))
+        )
+    )
 
 
 class ChannelMix(nn.Module):
@@ -59,11 +63,7 @@ class ChannelMix(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.block = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, groups=out_channels),
-            nn.PReLU(),
-            nn.InstanceNorm2d(out_channels),
-        )
+        self.block = ConvNormAct(in_channels, out_channels, 3, groups=out_channels, **_UNIT)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.block(torch.stack((x, y), dim=2).flatten(1, 2))
@@ -87,12 +87,8 @@ class UpMask(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels),
-            nn.PReLU(),
-            nn.InstanceNorm2d(in_channels),
-            nn.Conv2d(in_channels, out_channels, kernel_size=1),
-            nn.PReLU(),
-            nn.InstanceNorm2d(out_channels),
+            *ConvNormAct(in_channels, in_channels, 3, groups=in_channels, **_UNIT),
+            *ConvNormAct(in_channels, out_channels, 1, **_UNIT),
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ unit slip): SAM 305.100 M, gates 42.025 M, LoRA 1.573 M, SimpleFPN 3.905 M, head
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -25,8 +26,8 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from cdkd.models.base import ChangeModel
+from cdkd.models.layers import ConvNormAct, concat_resized
 from cdkd.models.registry import ModelInfo, register_model
-from cdkd.models.zoo.ban import conv_bn_relu
 
 #: LayerNorm epsilon of the SimpleFPN (mmpretrain's LN2d built through mmcv).
 FPN_LN_EPS = 1e-5
@@ -108,28 +109,24 @@ class SimpleFPN(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_outs: int) -> None:
         super().__init__()
         half, quarter = in_channels // 2, in_channels // 4
+        norm = functools.partial(LayerNorm2d, eps=FPN_LN_EPS)
         self.up4 = nn.Sequential(
             nn.ConvTranspose2d(in_channels, half, kernel_size=2, stride=2),
-            LayerNorm2d(half, eps=FPN_LN_EPS),
+            norm(half),
             nn.GELU(),
             nn.ConvTranspose2d(half, quarter, kernel_size=2, stride=2),
         )
         self.up2 = nn.ConvTranspose2d(in_channels, half, kernel_size=2, stride=2)
         self.down2 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.lateral = nn.ModuleList(
-            self._conv_ln(c, out_channels, 1) for c in (quarter, half, in_channels, in_channels)
+            ConvNormAct(c, out_channels, 1, norm=norm, act=None)
+            for c in (quarter, half, in_channels, in_channels)
         )
         self.output = nn.ModuleList(
-            self._conv_ln(out_channels, out_channels, 3) for _ in range(FPN_LEVELS)
+            ConvNormAct(out_channels, out_channels, 3, norm=norm, act=None)
+            for _ in range(FPN_LEVELS)
         )
         self.extra = num_outs - FPN_LEVELS
-
-    @staticmethod
-    def _conv_ln(in_channels: int, out_channels: int, kernel: int) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
-            LayerNorm2d(out_channels, eps=FPN_LN_EPS),
-        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         levels = [self.up4(x), self.up2(x), x, self.down2(x)]
@@ -149,20 +146,13 @@ class MLPSegHead(nn.Module):
         self, in_channels: int, num_inputs: int, channels: int, num_classes: int, out_size: int
     ) -> None:
         super().__init__()
-        self.levels = nn.ModuleList(conv_bn_relu(in_channels, channels) for _ in range(num_inputs))
-        self.fuse = conv_bn_relu(channels * num_inputs, channels)
+        self.levels = nn.ModuleList(ConvNormAct(in_channels, channels) for _ in range(num_inputs))
+        self.fuse = ConvNormAct(channels * num_inputs, channels)
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
         self.out_size = out_size
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        size = (self.out_size, self.out_size)
-        x = torch.cat(
-            [
-                F.interpolate(conv(level), size=size, mode="bilinear", align_corners=False)
-                for conv, level in zip(self.levels, levels, strict=True)
-            ],
-            dim=1,
-        )
+        x = concat_resized(self.levels, levels, (self.out_size, self.out_size))
         return self.classifier(self.fuse(x))
 
 
