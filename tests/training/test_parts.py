@@ -188,6 +188,8 @@ def test_bad_lightning_keys_fail_with_one_line(compose_config: Composer, overrid
     ("overrides", "steps"),
     [
         (["trainer.max_steps=2"], 2),
+        # The run ends between validations: the last step is validated and saved all the same.
+        (["trainer.max_steps=5", "schedule.val_every=3"], 5),
         # 30 pairs in batches of 10; validated (and so checkpointed) at the epoch's end.
         (["trainer.max_epochs=1", "trainer.val_check_interval=1.0", "data.batch_size=10"], 3),
     ],

@@ -120,3 +120,20 @@ class PreemptionCheckpoint(Callback):
         path = RunFolder(Path(checkpoint.dirpath)).last
         trainer.save_checkpoint(path)
         log.warning("SIGTERM at step %d: saved %s", trainer.global_step, path)
+
+
+class FinalValidation(Callback):
+    """Validate (and so checkpoint) at the last step when the schedule does not end on a
+    validation step.
+
+    Lightning validates every ``val_check_interval`` steps and stops at ``max_steps``: a run of
+    7 steps validated every 3 would end with its last checkpoint at step 6 and never score its
+    final weights. Asking the trainer to stop at the last step makes Lightning run the
+    validation it runs before any early stop, and the checkpoint callback saves after it.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True

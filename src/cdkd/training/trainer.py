@@ -14,7 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from cdkd.config import plain
 from cdkd.errors import ConfigError, brief
-from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
+from cdkd.training.callbacks import (
+    AtomicCheckpointIO,
+    FinalValidation,
+    PreemptionCheckpoint,
+    RngStateCallback,
+)
 from cdkd.training.checks import number
 from cdkd.training.schedule import Schedule
 
@@ -78,7 +83,7 @@ def build_trainer(cfg: DictConfig, schedule: Schedule, world: int) -> L.Trainer:
     """
     loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks += [RngStateCallback(), PreemptionCheckpoint()]
+    callbacks += [RngStateCallback(), PreemptionCheckpoint(), FinalValidation()]
     if not loggers:  # a learning-rate monitor has nowhere to write without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     extra: dict[str, Any] = {}
