@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from cdkd.data import IMAGENET_MEAN, IMAGENET_STD, ChangeDataModule
+from cdkd.data.config import datamodule_from_config
 from cdkd.errors import ConfigError, DataError
-from cdkd.training.run import instantiate_datamodule
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -222,7 +222,7 @@ def test_data_configs_instantiate(
 ) -> None:
     cfg = _compose_data(name, tmp_path)
     assert cfg.data.pretrained is (name != "synthetic")  # real data starts pretrained
-    dm = instantiate_datamodule(cfg)
+    dm = datamodule_from_config(cfg)
     assert isinstance(dm, ChangeDataModule)
     assert dm.name == name
     assert dm.root == tmp_path / folder
@@ -237,7 +237,7 @@ def test_folder_config_needs_a_root(tmp_path: Path) -> None:
     cfg = _compose_data("folder", tmp_path)
     assert OmegaConf.is_missing(cfg.data, "root")
     cfg.data.root = str(tmp_path)
-    assert instantiate_datamodule(cfg).val_from_train == 0
+    assert datamodule_from_config(cfg).val_from_train == 0
     two = OmegaConf.load(CONF / "partition" / "two.yaml")
     assert (two.name, list(two.thresholds), list(two.buckets)) == ("two", [0.1], ["small", "large"])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,7 +15,12 @@ from cdkd.training.losses import AVERAGES, DICE_KINDS, LOSSES
 from cdkd.training.module import NAN_POLICIES
 from cdkd.training.schedule import trainer_overrides
 
-RESUME_MODES = ("auto", True, False)
+#: ``resume``: continue from ``last.ckpt`` when there is one (``auto``), always, or never.
+ResumeMode = Literal["auto", True, False]
+RESUME_MODES: tuple[ResumeMode, ...] = get_args(ResumeMode)
+#: ``stage.kind``: a supervised stage (M_O or a teacher) or the distilled student.
+StageKind = Literal["train", "distill"]
+STAGE_KINDS: tuple[StageKind, ...] = get_args(StageKind)
 
 
 def number(cfg: DictConfig, key: str, kind: type[int] | type[float]) -> Any:
@@ -75,7 +80,7 @@ def check_config(cfg: DictConfig) -> None:
             scheme.index(cfg.stage.bucket)
         except ValueError as exc:
             raise ConfigError(f"stage '{cfg.stage.name}': {exc}") from exc
-    if cfg.stage.kind not in ("train", "distill"):
+    if cfg.stage.kind not in STAGE_KINDS:
         raise ConfigError(f"stage '{cfg.stage.name}': kind '{cfg.stage.kind}' is not train/distill")
     if cfg.stage.kind == "distill" and number(cfg, "distill.lambda", float) < 0:
         raise ConfigError(f"distill.lambda = {cfg.distill['lambda']} must be >= 0")
