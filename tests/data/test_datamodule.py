@@ -233,6 +233,19 @@ def test_data_configs_instantiate(
     assert dm.train_augment.exchange_p == 0.5
 
 
+def test_datamodule_from_config_applies_overrides_and_refuses_other_targets(
+    tmp_path: Path,
+) -> None:
+    cfg = _compose_data("jl1cd", tmp_path)
+    assert datamodule_from_config(cfg, bucket=None).bucket is None
+    assert cfg.data.pretrained is True  # the caller's config keeps the model's setting
+    cfg.data._target_ = "collections.OrderedDict"
+    with pytest.raises(ConfigError) as err:
+        datamodule_from_config(cfg)
+    assert "builds a OrderedDict, not a cdkd.data.ChangeDataModule" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_folder_config_needs_a_root(tmp_path: Path) -> None:
     cfg = _compose_data("folder", tmp_path)
     assert OmegaConf.is_missing(cfg.data, "root")
