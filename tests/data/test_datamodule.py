@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from cdkd.data import IMAGENET_MEAN, IMAGENET_STD, ChangeDataModule
+from cdkd.data.config import datamodule_from_config
 from cdkd.errors import ConfigError, DataError
-from cdkd.training.run import instantiate_datamodule
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -222,7 +222,7 @@ def test_data_configs_instantiate(
 ) -> None:
     cfg = _compose_data(name, tmp_path)
     assert cfg.data.pretrained is (name != "synthetic")  # real data starts pretrained
-    dm = instantiate_datamodule(cfg)
+    dm = datamodule_from_config(cfg)
     assert isinstance(dm, ChangeDataModule)
     assert dm.name == name
     assert dm.root == tmp_path / folder
@@ -233,11 +233,24 @@ def test_data_configs_instantiate(
     assert dm.train_augment.exchange_p == 0.5
 
 
+def test_datamodule_from_config_applies_overrides_and_refuses_other_targets(
+    tmp_path: Path,
+) -> None:
+    cfg = _compose_data("jl1cd", tmp_path)
+    assert datamodule_from_config(cfg, bucket=None).bucket is None
+    assert cfg.data.pretrained is True  # the caller's config keeps the model's setting
+    cfg.data._target_ = "collections.OrderedDict"
+    with pytest.raises(ConfigError) as err:
+        datamodule_from_config(cfg)
+    assert "builds a OrderedDict, not a cdkd.data.ChangeDataModule" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_folder_config_needs_a_root(tmp_path: Path) -> None:
     cfg = _compose_data("folder", tmp_path)
     assert OmegaConf.is_missing(cfg.data, "root")
     cfg.data.root = str(tmp_path)
-    assert instantiate_datamodule(cfg).val_from_train == 0
+    assert datamodule_from_config(cfg).val_from_train == 0
     two = OmegaConf.load(CONF / "partition" / "two.yaml")
     assert (two.name, list(two.thresholds), list(two.buckets)) == ("two", [0.1], ["small", "large"])
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cdkd.training.run import instantiate_datamodule
+from cdkd.data.config import datamodule_from_config
 from tests.factories import Composer, run_tool
 
 STAGES = ("baseline", "teacher_s")
@@ -34,7 +34,7 @@ def sweep_args(tmp_path: Path, launcher: str, *extra: str) -> list[str]:
 
 def prepare_data(compose_config: Composer) -> None:
     """Write the smoke set once, so the members (running at once) only read it."""
-    instantiate_datamodule(compose_config("train", "experiment=smoke")).prepare_data()
+    datamodule_from_config(compose_config("train", "experiment=smoke")).prepare_data()
 
 
 def assert_members_finished(tmp_path: Path) -> Path:

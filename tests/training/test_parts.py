@@ -2,13 +2,14 @@
 
 import math
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cdkd.errors import ConfigError
-from cdkd.training.losses import TaskLoss
+from cdkd.training.losses import LOSSES, LossKind, TaskLoss, build_loss
 from cdkd.training.schedule import resolve_schedule, trainer_overrides, warmup_decay
 from tests.factories import Composer
 
@@ -28,6 +29,12 @@ def test_cosine_decay_halfway() -> None:
     f = warmup_decay(1e-3, max_steps=300, warmup_steps=100, decay="cosine")
     assert f(200) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(300) == pytest.approx(0.0)
+
+
+def test_every_loss_kind_has_a_channel_count() -> None:
+    assert tuple(LOSSES) == get_args(LossKind)
+    for kind in LOSSES:
+        assert build_loss(kind).out_channels == build_loss({"kind": kind}).out_channels
 
 
 def test_ce_loss_ignores_padding_and_resizes() -> None:

@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from cdkd.data.config import datamodule_from_config
 from cdkd.errors import CheckpointError, ConfigError
 from cdkd.runs.meta import CheckpointMeta
 from cdkd.training.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, RngStateCallback
@@ -27,7 +28,6 @@ from cdkd.training.run import (
     check_config,
     check_splits,
     finished_run,
-    instantiate_datamodule,
     resume_checkpoint,
     train,
 )
@@ -63,6 +63,9 @@ def config(compose_config: Composer) -> Composer:
         (["empty_policy=nan"], "empty_policy"),
         (["nan_policy=ignore"], "nan_policy"),
         (["resume=maybe"], "resume"),
+        (["stage.kind=finetune"], "kind 'finetune' is not train/distill"),
+        (["model.scheduler=step"], "model.scheduler 'step' must be one of"),
+        (["stage=student", "distill.car_rule=strict"], "distill.car_rule 'strict' must be one of"),
         (["trainer.gradient_clip_val=-1"], "gradient_clip_val"),
         (["seed=abc"], "seed = 'abc' is not an integer"),
         (["data.batch_size=2.5"], "data.batch_size = 2.5 is not an integer"),
@@ -95,17 +98,17 @@ def test_validation_on_the_test_split_is_an_error(
 ) -> None:
     root = dataset_factory({"train": 4, "val": 2, "test": 2})
     cfg = _split_cfg(root)
-    check_splits(cfg, instantiate_datamodule(cfg))  # distinct splits pass
+    check_splits(cfg, datamodule_from_config(cfg))  # distinct splits pass
     cfg = _split_cfg(root, "data.splits.val=test")
     with pytest.raises(ConfigError, match="val and test are both 'test'"):
-        check_splits(cfg, instantiate_datamodule(cfg))
+        check_splits(cfg, datamodule_from_config(cfg))
     os.symlink(root / "test", root / "holdout")  # the same files under another name
     cfg = _split_cfg(root, "data.splits.val=holdout")
     with pytest.raises(ConfigError, match="shares 2 pair"):
-        check_splits(cfg, instantiate_datamodule(cfg))
+        check_splits(cfg, datamodule_from_config(cfg))
     for overrides in (["callbacks.model_checkpoint.monitor=test/mIoU"], ["optimized_metric=x"]):
         with pytest.raises(ConfigError, match="must use a val/ metric"):
-            check_splits(_split_cfg(root, *overrides), instantiate_datamodule(cfg))
+            check_splits(_split_cfg(root, *overrides), datamodule_from_config(cfg))
 
 
 def test_train_refuses_test_selection_before_writing_checkpoints(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from omegaconf import DictConfig, ListConfig
 
@@ -42,18 +42,23 @@ from cdkd.files import write_text_atomic
 from cdkd.partition import PartitionScheme
 from cdkd.runs.layout import RunLayout, results_across_models
 
-ITEMS: tuple[str, ...] = ("car", "ranges", "classes", "visual", "models")
+if TYPE_CHECKING:
+    from cdkd.data.datamodule import ChangeDataModule
+
+#: What ``cdkd.analyze`` can write (``what=``; see the module docstring).
+Item = Literal["car", "ranges", "classes", "visual", "models"]
+ITEMS: tuple[Item, ...] = get_args(Item)
 
 
-def requested_items(what: Any) -> tuple[list[str], bool]:
+def requested_items(what: Any) -> tuple[list[Item], bool]:
     """The items asked for and whether they were named explicitly (``all`` is not)."""
-    names = list(what) if isinstance(what, ListConfig | list | tuple) else [str(what)]
+    names: list[str] = list(what) if isinstance(what, ListConfig | list | tuple) else [str(what)]
     if names == ["all"]:
         return list(ITEMS), False
-    unknown = [name for name in names if name not in ITEMS]
-    if unknown or not names:
+    items = [name for name in names if name in ITEMS]
+    if len(items) < len(names) or not names:
         raise ConfigError(f"what={what}: use all or one or more of {', '.join(ITEMS)}")
-    return names, True
+    return items, True
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,11 @@ class Analysis:
         }
         return align(runs)
 
-    def data_module(self) -> Any:
+    def data_module(self) -> ChangeDataModule:
         """The dataset of the configuration (synthetic data generated if needed)."""
-        from cdkd.training.run import instantiate_datamodule
+        from cdkd.data.config import datamodule_from_config
 
-        datamodule = instantiate_datamodule(self.cfg, bucket=None)
+        datamodule = datamodule_from_config(self.cfg, bucket=None)
         datamodule.prepare_data()
         return datamodule
 
@@ -234,7 +239,7 @@ def write_models(analysis: Analysis) -> list[Path]:
     return written
 
 
-WRITERS: dict[str, Callable[[Analysis], list[Path]]] = {
+WRITERS: dict[Item, Callable[[Analysis], list[Path]]] = {
     "car": write_car,
     "ranges": write_ranges,
     "classes": write_classes,

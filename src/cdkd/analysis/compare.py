@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -24,8 +24,12 @@ from cdkd.metrics.change import CLASSES, MEAN_KEYS, METRIC_KEYS
 from cdkd.partition import PartitionScheme
 from cdkd.runs.layout import model_results
 
+#: The evaluation strategies (``cdkd.eval strategy=``): the original model M_O, O-P inference
+#: through the CAR-partition teachers, and the MTKD student.
+Strategy = Literal["original", "op", "mtkd"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 #: Display name of each evaluation strategy, in the paper's order.
-STRATEGY_LABELS: dict[str, str] = {"original": "Original", "op": "O-P", "mtkd": "MTKD"}
+STRATEGY_LABELS: dict[Strategy, str] = {"original": "Original", "op": "O-P", "mtkd": "MTKD"}
 #: The per-class metrics of the paper's Table IV.
 CLASS_METRICS: tuple[str, ...] = ("IoU", "Acc", "Precision", "Fscore")
 
@@ -386,7 +390,9 @@ def results_csv(results: Sequence[Mapping[str, Any]]) -> str:
 
 def strategy_label(strategy: str) -> str:
     """Display name of a strategy (``op`` -> ``O-P``); unknown keys print as they are."""
-    return STRATEGY_LABELS.get(strategy, strategy)
+    if strategy in STRATEGY_LABELS:  # narrows to a Strategy, which ``dict.get`` would not
+        return STRATEGY_LABELS[strategy]
+    return strategy
 
 
 def _json_with(path: Path, key: str, problem: str) -> dict[str, Any]:

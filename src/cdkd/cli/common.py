@@ -74,9 +74,10 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
 
     def decorate(task: Callable[[DictConfig], T]) -> Callable[[], T | None]:
         reported = report_errors(task)
-        run = hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(
-            reported
-        )
+        # Hydra's decorator is typed loosely; the app returns what the task returns.
+        run: Callable[[], T | None] = hydra.main(
+            version_base="1.3", config_path=config_dir(), config_name=config_name
+        )(reported)
 
         @functools.wraps(reported)
         def main() -> T | None:

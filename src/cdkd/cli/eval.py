@@ -14,11 +14,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from cdkd.analysis.compare import STRATEGIES
 from cdkd.cli.common import command
 from cdkd.errors import ConfigError
 from cdkd.runs.layout import teacher_checkpoints
-
-STRATEGIES = ("original", "op", "mtkd")
 
 
 def check_checkpoints(cfg: DictConfig, paths: list[Any]) -> None:
@@ -38,8 +37,9 @@ def check_checkpoints(cfg: DictConfig, paths: list[Any]) -> None:
 def build_origin_partition(cfg: DictConfig) -> Any:
     """M_O and the partition teachers of ``cfg`` as one O-P model."""
     from cdkd.inference.origin_partition import OriginPartition
+    from cdkd.models.checkpoint import load_network
     from cdkd.partition import PartitionScheme
-    from cdkd.training.checkpoints import load_network, load_teacher
+    from cdkd.training.checkpoints import load_teacher
 
     scheme = PartitionScheme.from_config(cfg.partition)
     paths = teacher_checkpoints(cfg)
@@ -83,13 +83,14 @@ def routing_table(confusion: dict[str, dict[str, int]]) -> Table:
 def main(cfg: DictConfig) -> None:
     """Evaluate ``cfg.strategy`` on ``cfg.split`` and write the results to ``cfg.out_dir``."""
     from cdkd.analysis.tables import metrics_table
+    from cdkd.data.config import datamodule_from_config
+    from cdkd.data.datamodule import SPLITS
     from cdkd.inference.evaluate import pick_device, run_evaluation, write_evaluation
     from cdkd.inference.origin_partition import routing_confusion
+    from cdkd.models.checkpoint import load_network
     from cdkd.partition import PartitionScheme
-    from cdkd.training.checkpoints import load_network
-    from cdkd.training.run import instantiate_datamodule
 
-    if cfg.split not in ("train", "val", "test"):
+    if cfg.split not in SPLITS:
         raise ConfigError(f"split '{cfg.split}' must be train, val or test")
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"strategy '{cfg.strategy}' must be one of {STRATEGIES}")
@@ -109,7 +110,7 @@ def main(cfg: DictConfig) -> None:
         model = load_network(checkpoint, expected_model=cfg.model.name)
         extra["checkpoint"] = str(checkpoint)
 
-    datamodule = instantiate_datamodule(cfg, bucket=None)
+    datamodule = datamodule_from_config(cfg, bucket=None)
     datamodule.setup("test" if cfg.split == "test" else "validate")
     loader = datamodule.dataloader(cfg.split)
     predictions = f"{cfg.out_dir}/predictions" if cfg.save_predictions else None

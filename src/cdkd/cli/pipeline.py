@@ -27,13 +27,19 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 
-from cdkd.cli.common import config_dir, config_error_message
+from cdkd.analysis.compare import Strategy
+from cdkd.cli.common import config_error_message
+from cdkd.config import config_dir
 from cdkd.errors import CdkdError, ConfigError
 from cdkd.files import write_json_atomic, write_text_atomic
 from cdkd.runs.layout import RunFolder, RunLayout
 
 #: Table III rows: the strategy's label and the evaluation that produces it.
-STRATEGY_ROWS = (("-", "original"), ("O-P", "op"), ("MTKD", "mtkd"))
+STRATEGY_ROWS: tuple[tuple[str, Strategy], ...] = (
+    ("-", "original"),
+    ("O-P", "op"),
+    ("MTKD", "mtkd"),
+)
 
 
 @dataclass(frozen=True)

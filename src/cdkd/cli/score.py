@@ -16,6 +16,7 @@ from cdkd.cli.common import command
 from cdkd.data.io import check_label_threshold
 from cdkd.errors import ConfigError
 from cdkd.files import write_json_atomic
+from cdkd.metrics import check_empty_policy
 from cdkd.metrics.score import score_folders
 
 
@@ -31,7 +32,7 @@ def main(cfg: DictConfig) -> None:
     pred_dir = _required(cfg, "pred", "folder of predicted masks")
     gt_dir = _required(cfg, "gt", "folder of ground-truth masks")
     threshold = check_label_threshold(OmegaConf.select(cfg, "data.label_threshold"))
-    result = score_folders(pred_dir, gt_dir, str(cfg.empty_policy), threshold)
+    result = score_folders(pred_dir, gt_dir, check_empty_policy(str(cfg.empty_policy)), threshold)
     Console().print(metrics_table(result, title=f"{pred_dir} vs {gt_dir}"))
     if cfg.out:
         write_json_atomic(cfg.out, result)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,7 +32,9 @@ from cdkd.models.pretrained import (
     offline,
 )
 
-ACTIONS = ("list", "fetch")
+#: What ``cdkd.weights`` does: list the weight files and where they are, or download them.
+Action = Literal["list", "fetch"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 
 
 def selected_models(models: Any) -> list[str]:

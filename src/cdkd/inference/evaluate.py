@@ -14,7 +14,7 @@ from rich.progress import track
 from cdkd.data.io import write_mask
 from cdkd.files import atomic_path, write_json_atomic
 from cdkd.inference.origin_partition import OriginPartition
-from cdkd.metrics import METRIC_KEYS, ChangeMetrics
+from cdkd.metrics import METRIC_KEYS, ChangeMetrics, EmptyPolicy
 from cdkd.models import ChangeModel
 from cdkd.ops import resize_logits
 from cdkd.partition import change_area_ratio
@@ -50,7 +50,7 @@ def run_evaluation(
     model: ChangeModel,
     batches: Iterable[Mapping[str, Any]],
     device: torch.device | str = "cpu",
-    empty_policy: str = "one",
+    empty_policy: EmptyPolicy = "one",
     predictions_dir: str | Path | None = None,
     total: int | None = None,
 ) -> Evaluation:
@@ -125,7 +125,7 @@ def evaluate(
     batches: Iterable[Mapping[str, Any]],
     out_dir: str | Path,
     device: torch.device | str = "cpu",
-    empty_policy: str = "one",
+    empty_policy: EmptyPolicy = "one",
     save_predictions: bool = False,
     extra: Mapping[str, Any] | None = None,
     total: int | None = None,

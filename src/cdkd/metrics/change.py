@@ -98,7 +98,7 @@ def _class_scores(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
     )
 
 
-def scores_from_counts(counts: Tensor, empty_policy: str = "one") -> Tensor:
+def scores_from_counts(counts: Tensor, empty_policy: EmptyPolicy = "one") -> Tensor:
     """The 12 metrics of :data:`METRIC_KEYS` for each row of ``(tp, fp, fn, tn)`` counts.
 
     The rule for degenerate cases lives here only (see :class:`ChangeMetrics`). Under
@@ -129,7 +129,7 @@ def _as_dict(row: Tensor) -> dict[str, float]:
     return dict(zip(METRIC_KEYS, row.tolist(), strict=True))
 
 
-def summarize_counts(counts: Tensor, empty_policy: str = "one") -> dict[str, Any]:
+def summarize_counts(counts: Tensor, empty_policy: EmptyPolicy = "one") -> dict[str, Any]:
     """Per-image averaged and pooled metrics from per-image ``(tp, fp, fn, tn)`` counts.
 
     Returns:
@@ -187,7 +187,7 @@ class ChangeMetrics(Metric):
     counts: list[Tensor]
 
     def __init__(
-        self, empty_policy: str = "one", ignore_index: int = IGNORE_INDEX, **kwargs: Any
+        self, empty_policy: EmptyPolicy = "one", ignore_index: int = IGNORE_INDEX, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.empty_policy = check_empty_policy(empty_policy)

@@ -11,7 +11,7 @@ from cdkd.data.io import IMAGE_SUFFIXES, check_same_size, read_mask
 from cdkd.data.layout import list_images
 from cdkd.errors import DataError
 from cdkd.files import natural_key
-from cdkd.metrics.change import ChangeMetrics, check_empty_policy
+from cdkd.metrics.change import ChangeMetrics, EmptyPolicy, check_empty_policy
 
 _SHOWN = 5
 
@@ -56,7 +56,7 @@ def _pair_files(pred_dir: Path, gt_dir: Path) -> list[tuple[Path, Path]]:
 def score_folders(
     pred_dir: str | Path,
     gt_dir: str | Path,
-    empty_policy: str = "one",
+    empty_policy: EmptyPolicy = "one",
     label_threshold: int | None = None,
 ) -> dict[str, Any]:
     """Score 0/255 (or 0/1) prediction masks against ground-truth masks of the same names.

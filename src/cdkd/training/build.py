@@ -1,33 +1,23 @@
-"""Building a run's parts from its config: the datamodule, the checkpoint record, the module."""
+"""Building a run's parts from its config: pretrained files, checkpoint record, module."""
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from cdkd.config import plain
 from cdkd.errors import ConfigError
 from cdkd.models.pretrained import random_parts, resolve_all
 from cdkd.runs.meta import CheckpointMeta, PartitionMeta, Source
-from cdkd.training.distill import DistillationModule
+from cdkd.training.distill import DistillationModule, check_car_rule
 from cdkd.training.module import ChangeDetectionModule
 from cdkd.training.schedule import Schedule
 
 log = logging.getLogger(__name__)
-
-
-def instantiate_datamodule(cfg: DictConfig, **overrides: Any) -> Any:
-    """The datamodule of ``cfg.data``, without ``data.pretrained`` (a setting for the model)."""
-    cfg = copy.deepcopy(cfg)
-    with open_dict(cfg.data):
-        cfg.data.pop("pretrained", None)
-    return instantiate(cfg.data, **overrides)
 
 
 def pretrained_files(cfg: DictConfig) -> dict[str, Path]:
@@ -121,7 +111,7 @@ def build_module(
             distill_lambda=float(meta.distill_lambda),
             partition=meta.partition.to_dict(),
             teacher_model=meta.teacher_model,
-            car_rule=meta.car_rule,
+            car_rule=check_car_rule(meta.car_rule),
             **common,
         )
     except ValueError as exc:

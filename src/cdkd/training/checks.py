@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -11,11 +11,17 @@ from cdkd.data.transforms import AUGMENTATIONS
 from cdkd.errors import ConfigError, DataError
 from cdkd.metrics import EMPTY_POLICIES
 from cdkd.partition import PartitionScheme
+from cdkd.training.distill import check_car_rule
 from cdkd.training.losses import AVERAGES, DICE_KINDS, LOSSES
 from cdkd.training.module import NAN_POLICIES
-from cdkd.training.schedule import trainer_overrides
+from cdkd.training.schedule import DECAYS, trainer_overrides
 
-RESUME_MODES = ("auto", True, False)
+#: ``resume``: continue from ``last.ckpt`` when there is one (``auto``), always, or never.
+ResumeMode = Literal["auto", True, False]
+RESUME_MODES: tuple[ResumeMode, ...] = get_args(ResumeMode)
+#: ``stage.kind``: a supervised stage (M_O or a teacher) or the distilled student.
+StageKind = Literal["train", "distill"]
+STAGE_KINDS: tuple[StageKind, ...] = get_args(StageKind)
 
 
 def number(cfg: DictConfig, key: str, kind: type[int] | type[float]) -> Any:
@@ -47,6 +53,8 @@ def check_config(cfg: DictConfig) -> None:
             "model.kwargs.encoder_weights was replaced by model.backbone_weights (a path, or "
             "{encoder: PATH, side: PATH} for BAN)"
         )
+    if model.scheduler not in DECAYS:
+        raise ConfigError(f"model.scheduler '{model.scheduler}' must be one of {DECAYS}")
     if number(cfg, "model.optimizer.lr", float) <= 0:
         raise ConfigError(f"model.optimizer.lr = {model.optimizer.lr} must be > 0")
     if number(cfg, "data.batch_size", int) < 1:
@@ -75,10 +83,15 @@ def check_config(cfg: DictConfig) -> None:
             scheme.index(cfg.stage.bucket)
         except ValueError as exc:
             raise ConfigError(f"stage '{cfg.stage.name}': {exc}") from exc
-    if cfg.stage.kind not in ("train", "distill"):
+    if cfg.stage.kind not in STAGE_KINDS:
         raise ConfigError(f"stage '{cfg.stage.name}': kind '{cfg.stage.kind}' is not train/distill")
-    if cfg.stage.kind == "distill" and number(cfg, "distill.lambda", float) < 0:
-        raise ConfigError(f"distill.lambda = {cfg.distill['lambda']} must be >= 0")
+    if cfg.stage.kind == "distill":
+        if number(cfg, "distill.lambda", float) < 0:
+            raise ConfigError(f"distill.lambda = {cfg.distill['lambda']} must be >= 0")
+        try:
+            check_car_rule(str(cfg.distill.get("car_rule", "paper")))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     for key in ("max_steps", "distill_max_steps", "warmup_steps", "val_every"):
         if number(cfg, f"schedule.{key}", int) < (1 if key != "warmup_steps" else 0):
             raise ConfigError(f"schedule.{key} = {cfg.schedule[key]} is out of range")

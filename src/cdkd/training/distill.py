@@ -16,7 +16,7 @@ needs no device-to-host synchronisation.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +32,19 @@ from cdkd.training.module import ChangeDetectionModule
 #: ``CAR <= th`` in the lower bucket (equation (3), as partitioning and O-P); ``official``, the
 #: official code's training-time rule: every non-zero label pixel (rotation padding included)
 #: counts as change and ``CAR < th`` is in the lower bucket.
-CAR_RULES = ("paper", "official")
+CarRule = Literal["paper", "official"]
+CAR_RULES: tuple[CarRule, ...] = get_args(CarRule)
+
+
+def check_car_rule(car_rule: str) -> CarRule:
+    """Return ``car_rule`` if it is in :data:`CAR_RULES`; raise ``ValueError`` if not."""
+    if car_rule not in CAR_RULES:
+        raise ValueError(f"distill.car_rule '{car_rule}' must be one of {CAR_RULES}")
+    return car_rule
 
 
 def route(
-    mask: torch.Tensor, thresholds: Sequence[float], car_rule: str = "paper"
+    mask: torch.Tensor, thresholds: Sequence[float], car_rule: CarRule = "paper"
 ) -> tuple[torch.Tensor, list[int]]:
     """Order the batch by CAR bucket (see :data:`CAR_RULES`): ``(order, counts)``.
 
@@ -71,7 +79,8 @@ def align_logits(
     if teacher_logits.shape[1] != student_logits.shape[1] or not same_space:
         student_logits = student.change_logit(student_logits)
         teacher_logits = teacher.change_logit(teacher_logits)
-    return student_logits, resize_logits(teacher_logits, tuple(student_logits.shape[-2:]))
+    size = (student_logits.shape[-2], student_logits.shape[-1])
+    return student_logits, resize_logits(teacher_logits, size)
 
 
 class DistillationModule(ChangeDetectionModule):
@@ -99,16 +108,17 @@ class DistillationModule(ChangeDetectionModule):
         distill_lambda: float,
         partition: Mapping[str, Any],
         teacher_model: str | None = None,
-        car_rule: str = "paper",
+        car_rule: CarRule = "paper",
         **kwargs: Any,
     ) -> None:
         if distill_lambda < 0:
             raise ValueError(f"distill.lambda must be >= 0, got {distill_lambda}")
-        if car_rule not in CAR_RULES:
-            raise ValueError(f"distill.car_rule '{car_rule}' must be one of {CAR_RULES}")
+        car_rule = check_car_rule(car_rule)  # a config value: refused before any file is read
         model = kwargs["model"]
         read_hparams(init, expected_model=model)
         super().__init__(**{**kwargs, "weights": init})
+        self.car_rule = car_rule
+        self.distill_lambda = float(distill_lambda)
         self.scheme = PartitionScheme.create(
             partition["name"], partition["thresholds"], partition["buckets"]
         )
@@ -123,16 +133,17 @@ class DistillationModule(ChangeDetectionModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        memory_format = torch.channels_last if self.uses_channels_last() else torch.preserve_format
         for teacher in self.teachers:
-            teacher.to(self.device, memory_format=memory_format)
+            teacher.to(self.device)
+            if self.uses_channels_last():
+                teacher.to(memory_format=torch.channels_last)
             if self.hparams.get("compile"):
                 teacher.compile()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and isinstance(batch, dict):
             batch["route_order"], batch["route_counts"] = route(
-                batch["mask"], self.scheme.thresholds, self.hparams.car_rule
+                batch["mask"], self.scheme.thresholds, self.car_rule
             )
         return batch
 
@@ -140,9 +151,10 @@ class DistillationModule(ChangeDetectionModule):
         self, batch: Mapping[str, Any], student_logits: torch.Tensor
     ) -> torch.Tensor:
         """MSE between student logits and the logits of each sample's routed teacher."""
-        order, counts = batch.get("route_order"), batch.get("route_counts")
+        order: torch.Tensor | None = batch.get("route_order")
+        counts: list[int] = batch.get("route_counts", [])
         if order is None:
-            order, counts = route(batch["mask"], self.scheme.thresholds, self.hparams.car_rule)
+            order, counts = route(batch["mask"], self.scheme.thresholds, self.car_rule)
             order = order.to(student_logits.device)
         x1, x2 = batch["image1"], batch["image2"]
         student_parts, teacher_parts = [], []
@@ -162,7 +174,7 @@ class DistillationModule(ChangeDetectionModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         task, logits = self.task_loss(batch)
         size = batch["mask"].shape[0]
-        lam = float(self.hparams.distill_lambda)
+        lam = self.distill_lambda
         loss = task
         kd = None
         if lam > 0:

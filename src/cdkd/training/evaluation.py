@@ -9,8 +9,8 @@ from omegaconf import DictConfig
 
 from cdkd.files import write_json_atomic
 from cdkd.inference.evaluate import evaluate
+from cdkd.models.checkpoint import load_network
 from cdkd.runs.layout import RunFolder
-from cdkd.training.checkpoints import load_network
 from cdkd.training.provenance import index_checksums
 from cdkd.training.trainer import uses_gpu
 

@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,14 +21,18 @@ from torch import nn
 from cdkd.ops import resize_logits
 from cdkd.partition import IGNORE_INDEX
 
+#: The loss kinds (see the module table).
+LossKind = Literal["ce", "ce_ohem", "bce", "bce_dice", "bcl"]
 #: Loss name -> number of logit channels it expects.
-LOSSES: dict[str, int] = {"ce": 2, "ce_ohem": 2, "bce": 1, "bce_dice": 1, "bcl": 1}
+LOSSES: dict[LossKind, int] = {"ce": 2, "ce_ohem": 2, "bce": 1, "bce_dice": 1, "bcl": 1}
 #: Dice terms of ``bce_dice``.
-DICE_KINDS = ("mmseg", "binary")
+DiceKind = Literal["mmseg", "binary"]
+DICE_KINDS: tuple[DiceKind, ...] = get_args(DiceKind)
 #: What the per-pixel losses of ``ce``/``bce``/``bce_dice`` are averaged over: ``all`` label
 #: pixels, ignore pixels included with zero loss (mmseg's default ``avg_non_ignore=False``, the
 #: official code's), or only the ``valid`` ones.
-AVERAGES = ("all", "valid")
+Average = Literal["all", "valid"]
+AVERAGES: tuple[Average, ...] = get_args(Average)
 
 
 class TaskLoss(nn.Module):
@@ -54,14 +59,14 @@ class TaskLoss(nn.Module):
 
     def __init__(
         self,
-        kind: str = "ce",
+        kind: LossKind = "ce",
         ignore_index: int = IGNORE_INDEX,
         ohem_thresh: float = 0.7,
         ohem_min_kept: int = 100_000,
         margin: float = 2.0,
         bcl_eps: float = 1e-4,
-        dice: str = "mmseg",
-        average: str = "all",
+        dice: DiceKind = "mmseg",
+        average: Average = "all",
     ) -> None:
         super().__init__()
         if kind not in LOSSES:
@@ -85,7 +90,7 @@ class TaskLoss(nn.Module):
         return LOSSES[self.kind]
 
     def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = resize_logits(logits, tuple(mask.shape[-2:])).float()
+        logits = resize_logits(logits, (mask.shape[-2], mask.shape[-1])).float()
         valid = mask != self.ignore_index
         if self.kind == "ce_ohem":
             return self._ohem(logits, mask, valid)
@@ -158,9 +163,7 @@ def mmseg_dice_loss(logits: torch.Tensor, mask: torch.Tensor, eps: float = 1e-3)
     return (1 - dice).mean()
 
 
-def build_loss(spec: str | dict[str, Any]) -> TaskLoss:
+def build_loss(spec: str | Mapping[str, Any]) -> TaskLoss:
     """A :class:`TaskLoss` from a name or a ``{kind: ..., <option>: ...}`` mapping."""
-    if isinstance(spec, str):
-        return TaskLoss(spec)
-    options = dict(spec)
-    return TaskLoss(options.pop("kind", "ce"), **options)
+    options: dict[str, Any] = {"kind": spec} if isinstance(spec, str) else dict(spec)
+    return TaskLoss(**options)

@@ -5,22 +5,25 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
 from lightning.pytorch.loops.optimization.automatic import ClosureResult
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from cdkd.errors import CdkdError, ConfigError
-from cdkd.metrics import ChangeMetrics
+from cdkd.metrics import ChangeMetrics, EmptyPolicy
 from cdkd.models import ChangeModel, create_model
 from cdkd.ops import resize_logits
 from cdkd.training.losses import build_loss
-from cdkd.training.schedule import warmup_decay
+from cdkd.training.schedule import Decay, warmup_decay
 
 log = logging.getLogger(__name__)
 
-NAN_POLICIES = ("stop", "skip")
+#: What a non-finite training loss does (see :class:`ChangeDetectionModule`).
+NanPolicy = Literal["stop", "skip"]
+NAN_POLICIES: tuple[NanPolicy, ...] = get_args(NanPolicy)
 
 
 class NonFiniteLossError(CdkdError):
@@ -83,12 +86,12 @@ class ChangeDetectionModule(L.LightningModule):
         aux_weights: Sequence[float] = (),
         aux_loss: str | Mapping[str, Any] | None = None,
         optimizer: Mapping[str, Any] | None = None,
-        scheduler: str = "linear",
+        scheduler: Decay = "linear",
         max_steps: int = 200_000,
         warmup_steps: int = 1000,
         warmup_start_lr: float = 1e-6,
-        empty_policy: str = "one",
-        nan_policy: str = "stop",
+        empty_policy: EmptyPolicy = "one",
+        nan_policy: NanPolicy = "stop",
         meta: Mapping[str, Any] | None = None,
         channels_last: bool | None = None,
         compile: bool = False,
@@ -97,6 +100,7 @@ class ChangeDetectionModule(L.LightningModule):
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy '{nan_policy}' must be one of {NAN_POLICIES}")
         self.save_hyperparameters()
+        self.nan_policy: NanPolicy = nan_policy
         kwargs = dict(model_kwargs or {})
         if aux_weights:
             kwargs["aux_heads"] = True
@@ -132,8 +136,9 @@ class ChangeDetectionModule(L.LightningModule):
         if self.uses_channels_last():
             self.net.to(memory_format=torch.channels_last)
         trainer = self._trainer
-        skip_together = self.hparams.nan_policy == "skip" and trainer is not None
-        if skip_together and trainer.world_size > 1 and trainer.accumulate_grad_batches > 1:
+        if trainer is None or self.nan_policy != "skip":
+            return
+        if trainer.world_size > 1 and trainer.accumulate_grad_batches > 1:
             raise ConfigError(
                 "nan_policy=skip with several processes needs trainer.accumulate_grad_batches=1"
             )
@@ -160,14 +165,15 @@ class ChangeDetectionModule(L.LightningModule):
         return batch
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        return self.net(x1, x2)
+        logits: torch.Tensor = self.net(x1, x2)
+        return logits
 
     def task_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Task loss of a batch (main head plus any auxiliary heads) and the main logits."""
         logits, aux = self.net.forward_with_aux(batch["image1"], batch["image2"])
         if len(aux) != len(self.aux_weights):
             raise ValueError(
-                f"model '{self.hparams.model}' returned {len(aux)} auxiliary outputs for "
+                f"model '{self.hparams['model']}' returned {len(aux)} auxiliary outputs for "
                 f"{len(self.aux_weights)} aux_weights"
             )
         loss = self.criterion(logits, batch["mask"])
@@ -204,7 +210,7 @@ class ChangeDetectionModule(L.LightningModule):
             return
         names = [str(n) for n in batch.get("name", [])]
         self._unchecked.append((self.global_step, loss.detach(), names))
-        if self.hparams.nan_policy == "skip":
+        if self.nan_policy == "skip":
             finite = torch.isfinite(loss.detach()).all()
             previous = self._finite_step
             self._finite_step = finite if previous is None else previous & finite
@@ -223,7 +229,11 @@ class ChangeDetectionModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         trainer = self._trainer
-        if trainer is not None and len(self._unchecked) >= max(1, trainer.log_every_n_steps):
+        if trainer is None:
+            return
+        # Lightning's logger connector sets this attribute; the Trainer class does not declare it.
+        every: int = trainer.log_every_n_steps  # type: ignore[attr-defined]
+        if len(self._unchecked) >= max(1, every):
             self.check_losses()
 
     def on_validation_start(self) -> None:
@@ -246,7 +256,7 @@ class ChangeDetectionModule(L.LightningModule):
             if math.isfinite(value):
                 continue
             where = f"{value} on batch [{', '.join(names)}]"
-            if self.hparams.nan_policy == "skip":
+            if self.nan_policy == "skip":
                 log.warning("step %d: loss is %s, step skipped", step, where)
                 continue
             raise NonFiniteLossError(
@@ -258,8 +268,7 @@ class ChangeDetectionModule(L.LightningModule):
     def _decide_together(self, loss: torch.Tensor, batch: Mapping[str, Any]) -> None:
         """The DDP path of :meth:`guard_loss`: all processes skip or stop together."""
         finite_here = bool(torch.isfinite(loss.detach()).all())
-        trainer = self._trainer
-        if trainer.strategy.reduce_boolean_decision(finite_here, all=True):
+        if self.trainer.strategy.reduce_boolean_decision(finite_here, all=True):
             return
         names = ", ".join(str(n) for n in batch.get("name", []))
         where = (
@@ -267,7 +276,7 @@ class ChangeDetectionModule(L.LightningModule):
             if not finite_here
             else "not finite on another process"
         )
-        if self.hparams.nan_policy == "skip":
+        if self.nan_policy == "skip":
             log.warning("step %d: loss is %s, step skipped", self.global_step, where)
             raise SkippedStep
         raise NonFiniteLossError(
@@ -291,8 +300,9 @@ class ChangeDetectionModule(L.LightningModule):
         self.log("val/mIoU", logs.pop("val/mIoU"), prog_bar=True, sync_dist=True)
         self.log_dict(logs, sync_dist=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        opt_cfg = dict(self.hparams.optimizer or {})
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        hparams = self.hparams
+        opt_cfg = dict(hparams["optimizer"] or {})
         lr = float(opt_cfg.get("lr", 1e-3))
         optimizer = torch.optim.AdamW(
             parameter_groups(self.net, opt_cfg),
@@ -302,10 +312,10 @@ class ChangeDetectionModule(L.LightningModule):
         )
         factor = warmup_decay(
             lr,
-            self.hparams.max_steps,
-            self.hparams.warmup_steps,
-            self.hparams.warmup_start_lr,
-            self.hparams.scheduler,
+            hparams["max_steps"],
+            hparams["warmup_steps"],
+            hparams["warmup_start_lr"],
+            hparams["scheduler"],
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {

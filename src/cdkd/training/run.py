@@ -12,16 +12,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from cdkd.data.config import datamodule_from_config
 from cdkd.data.datamodule import process_batch_size
 from cdkd.errors import CdkdError
 from cdkd.files import write_text_atomic
 from cdkd.runs.layout import RunFolder, teacher_checkpoints
-from cdkd.training.build import (
-    build_module,
-    checkpoint_meta,
-    instantiate_datamodule,
-    pretrained_files,
-)
+from cdkd.training.build import build_module, checkpoint_meta, pretrained_files
 from cdkd.training.checks import check_config, check_splits
 from cdkd.training.evaluation import evaluate_best
 from cdkd.training.provenance import write_provenance
@@ -58,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = resume_checkpoint(cfg, run_dir)
     write_text_atomic(RunFolder(run_dir).config, OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = instantiate_datamodule(cfg)
+    datamodule = datamodule_from_config(cfg)
     check_splits(cfg, datamodule)
     schedule = resolve_schedule(cfg, datamodule, world)
     finished = finished_run(run_dir, ckpt_path, schedule, bool(cfg.test_after_fit))
@@ -69,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     teachers = teacher_checkpoints(cfg) if cfg.stage.kind == "distill" else None
     meta = checkpoint_meta(cfg, teachers)  # hashes the student's sources
     module = build_module(cfg, schedule, meta, files)
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # Lightning sets it on import
         write_provenance(run_dir, datamodule, meta, ckpt_path)
     trainer = build_trainer(cfg, schedule, world)
     try:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from omegaconf import DictConfig
 
 from cdkd.errors import ConfigError
+
+#: How the learning rate falls to 0 after the warm-up (``model.scheduler``).
+Decay = Literal["linear", "cosine"]
+DECAYS: tuple[Decay, ...] = get_args(Decay)
 
 
 def warmup_decay(
@@ -21,14 +25,14 @@ def warmup_decay(
     max_steps: int,
     warmup_steps: int = 1000,
     warmup_start_lr: float = 1e-6,
-    decay: str = "linear",
+    decay: Decay = "linear",
 ) -> Callable[[int], float]:
     """Multiplier of ``base_lr`` at each optimizer step, for ``torch.optim.lr_scheduler.LambdaLR``.
 
     The learning rate rises linearly from ``warmup_start_lr`` to ``base_lr`` over
     ``warmup_steps``, then decays to 0 at ``max_steps``, linearly or along a half cosine.
     """
-    if decay not in ("linear", "cosine"):
+    if decay not in DECAYS:
         raise ValueError(f"unknown scheduler '{decay}': use linear or cosine")
     start = min(warmup_start_lr / base_lr, 1.0) if base_lr > 0 else 1.0
     warmup_steps = max(0, min(warmup_steps, max_steps))

@@ -55,7 +55,7 @@ def resolve_world_size(cfg: DictConfig) -> int:
             count = len(accelerator.get_parallel_devices(accelerator.parse_devices(devices)))
     except (MisconfigurationException, TypeError, ValueError) as exc:
         raise ConfigError(f"trainer.devices = {devices!r}: {brief(exc)}") from exc
-    nodes = number(cfg, "trainer.num_nodes", int)
+    nodes: int = number(cfg, "trainer.num_nodes", int)
     if count < 1 or nodes < 1:
         raise ConfigError(f"trainer.devices = {devices!r}, trainer.num_nodes = {nodes}: no process")
     return count * nodes
@@ -69,7 +69,7 @@ def _accelerator_class(flag: str) -> type[Accelerator]:
             f"trainer.accelerator = {flag!r}: use auto, gpu or one of {list(AcceleratorRegistry)}"
         )
     for name in choices:
-        accelerator = AcceleratorRegistry[name]["accelerator"]
+        accelerator: type[Accelerator] = AcceleratorRegistry[name]["accelerator"]
         if accelerator.is_available():
             return accelerator
     raise ConfigError(f"trainer.accelerator = {flag!r}: no such device is available here")
