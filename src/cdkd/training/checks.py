@@ -16,7 +16,7 @@ from cdkd.training.losses import AVERAGES, DICE_KINDS, LOSSES
 from cdkd.training.module import NAN_POLICIES
 from cdkd.training.schedule import DECAYS, trainer_overrides
 
-#: ``resume``: continue from ``last.ckpt`` when there is one (``auto``), always, or never.
+#: ``resume``: continue from the last checkpoint when there is one (``auto``), always, or never.
 ResumeMode = Literal["auto", True, False]
 RESUME_MODES: tuple[ResumeMode, ...] = get_args(ResumeMode)
 #: ``stage.kind``: a supervised stage (M_O or a teacher) or the distilled student.
