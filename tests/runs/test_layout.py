@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from cdkd.errors import ConfigError
-from cdkd.runs.layout import RunFolder, RunLayout, model_results, results_across_models
+from cdkd.runs.layout import (
+    DEFAULT_SEED,
+    RunFolder,
+    RunLayout,
+    model_results,
+    results_across_models,
+    seeded,
+)
 from tests.factories import Composer
 
 RUNS_V1 = Path(__file__).parents[1] / "fixtures" / "runs_v1"
@@ -80,3 +87,61 @@ def test_configs_take_their_paths_from_the_layout(tmp_path: Path, compose_config
     assert other.out_dir == "/out"
     assert Path(analyze.out_dir) == layout.analysis_dir
     assert Path(analyze.results_dir) == layout.dataset_dir
+
+
+def sweep_members(compose_config: Composer, *overrides: str) -> list[str]:
+    """The run folder of each member of ``-m OVERRIDES`` (comma lists expand as Hydra's basic
+    sweeper does, plus the sweep of ``hparams_search`` when one is chosen)."""
+    swept = [item for item in overrides if "," in item.split("=", 1)[1]]
+    fixed = [item for item in overrides if item not in swept]
+    hydra = compose_config("train", *fixed, return_hydra_config=True).hydra
+    axes = [
+        [f"{k}={v}" for v in values.split(",")]
+        for k, values in (hydra.sweeper.params or {}).items()
+    ]
+    axes += [[f"{k}={v}" for v in vs.split(",")] for k, vs in (i.split("=", 1) for i in swept)]
+    members: list[list[str]] = [[]]
+    for axis in axes:
+        members = [[*member, value] for member in members for value in axis]
+    return [compose_config("train", *fixed, *member).run_dir for member in members]
+
+
+def test_members_of_a_lambda_sweep_never_share_a_folder(compose_config: Composer) -> None:
+    folders = sweep_members(compose_config, "hparams_search=lambda_grid")
+    assert len(folders) == 7 and len(set(folders)) == 7
+    assert {Path(f).parent.name for f in folders} == {"student"}
+
+
+def test_members_of_a_seed_sweep_never_share_a_folder(
+    tmp_path: Path, compose_config: Composer
+) -> None:
+    folders = sweep_members(compose_config, "stage=baseline,teacher_s", "seed=42,1,2")
+    model = tmp_path / "runs" / "synthetic" / "tinycd"
+    assert sorted(Path(f).relative_to(model).as_posix() for f in folders) == [
+        "baseline",  # the default seed keeps the folder runs were always written to
+        "baseline-seed1",
+        "baseline-seed2",
+        "teacher_s",
+        "teacher_s-seed1",
+        "teacher_s-seed2",
+    ]
+    student = compose_config("train", "stage=student", "distill.lambda=0.01", "seed=3")
+    assert Path(student.run_dir) == model / "student" / "lambda_0.01-seed3"
+    assert Path(student.distill.init) == model / "baseline" / "best.ckpt"  # seed 42's M_O
+
+
+def test_a_sweep_over_another_key_shares_the_folder_unless_run_dir_names_it(
+    compose_config: Composer,
+) -> None:
+    """The layout does not know every key: members of such a sweep share one folder (the
+    lock stops the second while the first runs), unless run_dir names the key."""
+    assert len(set(sweep_members(compose_config, "model.optimizer.lr=1e-3,2e-3"))) == 1
+    named = "run_dir=${layout:run_dir}-lr${model.optimizer.lr}"
+    folders = sweep_members(compose_config, "model.optimizer.lr=1e-3,2e-3", named)
+    assert [Path(f).name for f in folders] == ["baseline-lr0.001", "baseline-lr0.002"]
+
+
+def test_the_default_seed_of_the_layout_is_the_training_configs(compose_config: Composer) -> None:
+    assert compose_config("train").seed == DEFAULT_SEED
+    assert seeded(Path("/r/baseline"), DEFAULT_SEED) == Path("/r/baseline")
+    assert seeded(Path("/r/baseline"), 7) == Path("/r/baseline-seed7")

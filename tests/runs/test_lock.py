@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cdkd.runs.lock import LOCK_NAME, RunLock, RunLockError
+from cdkd.runs.lock import LOCK_NAME, RunLock, RunLockError, leads_launch
 
 
 def write_lock(folder: Path, host: str, pid: int, token: str = "t0") -> Path:
@@ -145,3 +145,37 @@ def test_racing_takeovers_of_a_stale_lock_leave_exactly_one_holder(tmp_path: Pat
     for proc in procs:
         proc.join(30)
     assert outcomes == ["refused", "refused", "refused", "won"]
+
+
+def test_a_folder_the_lock_created_goes_again_when_nothing_was_written(tmp_path: Path) -> None:
+    with RunLock(tmp_path / "eval" / "op" / "test"):
+        pass
+    assert list(tmp_path.iterdir()) == []  # nor the parents it had to create
+    with RunLock(tmp_path / "run") as lock:
+        (lock.folder / "metrics.json").write_text("{}")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["metrics.json"]
+    (tmp_path / "kept").mkdir()
+    with RunLock(tmp_path / "kept"):
+        pass
+    assert (tmp_path / "kept").is_dir()  # it existed before: not the lock's to remove
+
+
+@pytest.mark.parametrize(
+    ("environment", "leads"),
+    [
+        ({}, True),
+        ({"RANK": "0", "LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
+        ({"LOCAL_RANK": "1"}, False),  # a process of Lightning's DDP launcher
+        ({"RANK": "3"}, False),  # torchrun
+        ({"SLURM_PROCID": "2"}, False),
+        ({"NODE_RANK": "1"}, False),  # the first process of a further node
+    ],
+)
+def test_only_rank_zero_of_a_launch_takes_locks(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], leads: bool
+) -> None:
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert leads_launch() is leads

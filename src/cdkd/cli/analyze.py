@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cdkd.analysis.analyze import Analysis, run_analysis
 from cdkd.cli.common import command
+from cdkd.runs.lock import RunLock
 
 #: Keys of ``analyze.yaml`` that mean nothing to ``cdkd.eval`` (left out of suggested commands).
 _OWN_KEYS = frozenset(
@@ -44,8 +45,13 @@ def eval_arguments() -> tuple[str, ...]:
 
 @command("analyze")
 def main(cfg: DictConfig) -> None:
-    """Write the requested figures and tables and list them."""
-    written, skipped = run_analysis(Analysis(cfg, eval_arguments()))
+    """Write the requested figures and tables and list them.
+
+    The model's analysis folder (``out_dir``) is locked while it is written; the tables
+    across models (``results_dir``) are rewritten whole from every model's results.
+    """
+    with RunLock(cfg.out_dir):
+        written, skipped = run_analysis(Analysis(cfg, eval_arguments()))
     for note in skipped:
         print(f"note: {note}")
     for path in written:

@@ -18,6 +18,7 @@ from cdkd.analysis.compare import STRATEGIES
 from cdkd.cli.common import command
 from cdkd.errors import ConfigError
 from cdkd.runs.layout import teacher_checkpoints
+from cdkd.runs.lock import RunLock
 
 
 def check_checkpoints(cfg: DictConfig, paths: list[Any]) -> None:
@@ -81,19 +82,30 @@ def routing_table(confusion: dict[str, dict[str, int]]) -> Table:
 
 @command("eval")
 def main(cfg: DictConfig) -> None:
-    """Evaluate ``cfg.strategy`` on ``cfg.split`` and write the results to ``cfg.out_dir``."""
-    from cdkd.analysis.tables import metrics_table
-    from cdkd.data.config import datamodule_from_config
+    """Evaluate ``cfg.strategy`` on ``cfg.split`` and write the results to ``cfg.out_dir``.
+
+    The output folder is this process's alone while it runs (its lock): a second evaluation
+    into the same folder stops with one line naming the first.
+    """
     from cdkd.data.datamodule import SPLITS
-    from cdkd.inference.evaluate import pick_device, run_evaluation, write_evaluation
-    from cdkd.inference.origin_partition import routing_confusion
-    from cdkd.models.checkpoint import load_network
-    from cdkd.partition import PartitionScheme
 
     if cfg.split not in SPLITS:
         raise ConfigError(f"split '{cfg.split}' must be train, val or test")
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"strategy '{cfg.strategy}' must be one of {STRATEGIES}")
+    with RunLock(cfg.out_dir):
+        evaluate(cfg)
+
+
+def evaluate(cfg: DictConfig) -> None:
+    """The evaluation of :func:`main`, once its configuration is checked."""
+    from cdkd.analysis.tables import metrics_table
+    from cdkd.data.config import datamodule_from_config
+    from cdkd.inference.evaluate import pick_device, run_evaluation, write_evaluation
+    from cdkd.inference.origin_partition import routing_confusion
+    from cdkd.models.checkpoint import load_network
+    from cdkd.partition import PartitionScheme
+
     extra: dict[str, Any] = {"split": cfg.split, "strategy": cfg.strategy}
     if cfg.strategy == "op":
         if cfg.checkpoint is not None:

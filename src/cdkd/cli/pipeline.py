@@ -10,7 +10,10 @@ lambda-vs-validation table, to the run layout's results files (``.md`` and ``.js
 Every argument is a Hydra override passed on to the stages (``model=changer_b1 data=jl1cd
 partition=two trainer.devices=2``); overrides that only concern training are not passed to
 the evaluations. Each step runs the same command a user would (``python -m cdkd.train`` /
-``cdkd.eval``) in its own process.
+``cdkd.eval``) in its own process, which locks its own run folder. The pipeline itself holds
+the lock of the students' folder (where the selection goes; the results file of the model
+and partition is written by the pipeline alone) from start to end, so a second pipeline for
+the same model and partition stops at once with one line naming the first.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from cdkd.config import config_dir
 from cdkd.errors import CdkdError, ConfigError
 from cdkd.files import write_json_atomic, write_text_atomic
 from cdkd.runs.layout import RunFolder, RunLayout
+from cdkd.runs.lock import RunLock
 
 #: Table III rows: the strategy's label and the evaluation that produces it.
 STRATEGY_ROWS: tuple[tuple[str, Strategy], ...] = (
@@ -119,6 +123,12 @@ def plan(overrides: list[str]) -> Plan:
         raise ConfigError(
             "distill.lambda: the pipeline trains one student per value of distill.lambdas and "
             "selects on validation; give distill.lambdas=[VALUE] for a single lambda"
+        )
+    if any(override_key(item) == "seed" for item in overrides):
+        raise ConfigError(
+            "seed: the pipeline chains the runs of the default seed (the students start from "
+            "its baseline and teachers, the evaluations read them); train other seeds stage "
+            "by stage with python -m cdkd.train seed=N"
         )
     train_cfg = compose_config("train", overrides)
     for_eval = eval_overrides(overrides)
@@ -252,6 +262,22 @@ def write_results(results: dict[str, Any], eval_cfg: DictConfig) -> Path:
     return stem
 
 
+def run_pipeline(pipeline: Plan, console: Console) -> tuple[dict[str, Any], Path]:
+    """Run the steps, select lambda, evaluate the selected student; the results and their stem."""
+    for step in pipeline.steps:
+        run_step(step, console)
+    selection = select(pipeline)
+    console.print(
+        f"lambda={selection['selected']['lambda']:g} selected on validation "
+        f"({selection['rule']}): {escape(str(pipeline.selection))}",
+        soft_wrap=True,
+    )
+    stale = evaluated_other_student(pipeline.mtkd.output, selection)
+    run_step(pipeline.mtkd, console, "the selected student changed" if stale else "")
+    results = table_iii_results(pipeline, selection)
+    return results, write_results(results, pipeline.eval_cfg)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the pipeline for the overrides in ``argv`` and print the Table III block."""
     from rich.columns import Columns
@@ -263,18 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     console = Console()
     try:
         pipeline = plan(overrides)
-        for step in pipeline.steps:
-            run_step(step, console)
-        selection = select(pipeline)
-        console.print(
-            f"lambda={selection['selected']['lambda']:g} selected on validation "
-            f"({selection['rule']}): {escape(str(pipeline.selection))}",
-            soft_wrap=True,
-        )
-        stale = evaluated_other_student(pipeline.mtkd.output, selection)
-        run_step(pipeline.mtkd, console, "the selected student changed" if stale else "")
-        results = table_iii_results(pipeline, selection)
-        stem = write_results(results, pipeline.eval_cfg)
+        with RunLock(pipeline.selection.parent):
+            results, stem = run_pipeline(pipeline, console)
     except CdkdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

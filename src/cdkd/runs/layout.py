@@ -8,6 +8,7 @@
         teacher_s<suffix>/ ...                one per CAR bucket
         student<suffix>/selection.json        the lambda chosen on validation
         student<suffix>/lambda_<lambda>/      one student per lambda
+        <stage folder>-seed<N>/               a stage trained with a seed other than 42
         eval/<strategy><suffix>/<split>/      what cdkd.eval writes
         analysis<suffix>/                     what cdkd.analyze writes for the model
         multirun/                             Hydra multirun sweeps
@@ -33,6 +34,18 @@ STUDENT = "student"
 #: File names (without ``.ckpt``) of the best-on-validation and the latest checkpoint.
 BEST, LAST = "best", "last"
 CHECKPOINT_SUFFIX = ".ckpt"
+#: The seed of ``conf/train.yaml``: its runs keep the plain stage folders; other seeds get
+#: their own (:func:`seeded`), so the members of a seed sweep never share a folder.
+DEFAULT_SEED = 42
+
+
+def seeded(run_dir: Path, seed: Any) -> Path:
+    """The run folder of ``seed``: ``run_dir`` for the default seed, else ``<run_dir>-seed<N>``."""
+    return (
+        run_dir
+        if str(seed) == str(DEFAULT_SEED)
+        else run_dir.with_name(f"{run_dir.name}-seed{seed}")
+    )
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,9 @@ def teacher_checkpoints(cfg: Any) -> dict[str, Path]:
 
 #: The queries of the ``layout`` resolver: name -> path, given the layout and the config root.
 _QUERIES: dict[str, Callable[..., Path | str]] = {
-    "run_dir": lambda lay, root: lay.stage_dir(root.stage.name, root.distill["lambda"]),
+    "run_dir": lambda lay, root: seeded(
+        lay.stage_dir(root.stage.name, root.distill["lambda"]), root.get("seed", DEFAULT_SEED)
+    ),
     "model_dir": lambda lay, root, model=None: RunLayout.from_config(root, model).model_dir,
     "best": lambda lay, root, stage: lay.stage(stage, root.distill["lambda"]).best,
     "selection": lambda lay, root: lay.selection,
@@ -210,12 +225,13 @@ _QUERIES: dict[str, Callable[..., Path | str]] = {
 def resolve(query: str, *args: Any, _root_: Any) -> str:
     """The ``${layout:QUERY[,ARG...]}`` resolver: a path of :class:`RunLayout` as a string.
 
-    Queries: ``run_dir`` (the stage folder of ``stage.name``), ``model_dir[,MODEL]``,
-    ``best,STAGE`` (its best checkpoint), ``selection``, ``eval_dir,STRATEGY,SPLIT``,
-    ``analysis_dir``, ``dataset_dir``, ``multirun_dir``, and the checkpoint file names
-    ``best_name`` / ``last_name``. The layout comes from the config's ``paths.runs_dir``,
-    ``data.name``, ``model.name`` and ``partition.run_suffix`` (the student's folder from
-    ``distill.lambda``); a value set on the command line (``run_dir=...``) replaces the query.
+    Queries: ``run_dir`` (the stage folder of ``stage.name``, of ``seed`` by :func:`seeded`),
+    ``model_dir[,MODEL]``, ``best,STAGE`` (its best checkpoint), ``selection``,
+    ``eval_dir,STRATEGY,SPLIT``, ``analysis_dir``, ``dataset_dir``, ``multirun_dir``, and the
+    checkpoint file names ``best_name`` / ``last_name``. The layout comes from the config's
+    ``paths.runs_dir``, ``data.name``, ``model.name`` and ``partition.run_suffix`` (the
+    student's folder from ``distill.lambda``); a value set on the command line
+    (``run_dir=...``) replaces the query.
     """
     if query not in _QUERIES:
         raise ConfigError(f"layout resolver: unknown query '{query}'; use one of {list(_QUERIES)}")

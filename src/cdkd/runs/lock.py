@@ -66,6 +66,20 @@ class LockHolder:
         return f"PID {self.pid} on {self.host} since {self.started} ({self.command})"
 
 
+#: Where launchers put a process's rank: Lightning's own (torchrun, its subprocess launcher,
+#: SLURM, LSF) and the node rank, which the first process on a further node alone carries.
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK")
+
+
+def leads_launch() -> bool:
+    """Whether this process is global rank 0 of its launch, as the environment says.
+
+    Asked before a Trainer exists (which would know its rank): every rank of a distributed
+    run calls the entry point, and only rank 0 takes the run folder's lock.
+    """
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in _RANK_VARIABLES)
+
+
 def _read_holder(path: Path) -> LockHolder | None:
     """The holder recorded in ``path``; None when the file is gone or not (yet) readable."""
     try:
@@ -92,8 +106,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# The folders this process holds: nesting depth and the token written in the lock file.
-_HELD: dict[Path, tuple[int, str]] = {}
+# The folders this process holds: nesting depth, the token written in the lock file, and the
+# outermost folder the lock created (None when the folder existed).
+_HELD: dict[Path, tuple[int, str, Path | None]] = {}
 
 
 class RunLock:
@@ -101,7 +116,9 @@ class RunLock:
 
     Re-entrant within a process: a pipeline that trains a stage in-process while holding the
     stage's folder does not lock itself out. ``enabled=False`` makes it a no-op (the other
-    ranks of a distributed run, whose rank 0 holds the lock).
+    ranks of a distributed run, whose rank 0 holds the lock). A folder the lock had to create
+    goes again on release if nothing was written into it, so a run that stops early leaves
+    no trace.
     """
 
     def __init__(self, folder: str | Path, enabled: bool = True) -> None:
@@ -127,13 +144,14 @@ class RunLock:
         if not self.enabled:
             return
         if self.folder in _HELD:
-            depth, token = _HELD[self.folder]
-            _HELD[self.folder] = depth + 1, token
+            depth, token, created = _HELD[self.folder]
+            _HELD[self.folder] = depth + 1, token, created
             return
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(50):  # a takeover can race with other processes doing the same
             if self._create():
-                _HELD[self.folder] = 1, self.holder.token
+                _HELD[self.folder] = 1, self.holder.token, missing[-1] if missing else None
                 return
             self._check_holder()
         raise RunLockError(f"{self.folder}: could not take the run folder's lock {self.path}")
@@ -142,19 +160,24 @@ class RunLock:
         """Give the folder back; the lock file goes only if it still names this process."""
         if not self.enabled or self.folder not in _HELD:
             return
-        depth, token = _HELD.pop(self.folder)
+        depth, token, created = _HELD.pop(self.folder)
         if depth > 1:
-            _HELD[self.folder] = depth - 1, token
+            _HELD[self.folder] = depth - 1, token, created
             return
         current = _read_holder(self.path)
         if current is not None and current.token == token:
             self.path.unlink(missing_ok=True)
+        if created is not None:
+            _remove_empty(self.folder, created)
 
     def _create(self) -> bool:
         """Create the lock file exclusively; False when it exists already."""
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            return False
+        except FileNotFoundError:  # another process's release removed the empty folder
+            self.folder.mkdir(parents=True, exist_ok=True)
             return False
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(asdict(self.holder), fh)
@@ -204,6 +227,17 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
         finally:
             guard.unlink(missing_ok=True)
+
+
+def _remove_empty(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents up to ``top`` while they are empty."""
+    for path in (folder, *folder.parents):
+        try:
+            path.rmdir()
+        except OSError:  # not empty (something was written), or gone
+            return
+        if path == top:
+            return
 
 
 def _mtime(path: Path) -> float:

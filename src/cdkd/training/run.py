@@ -17,6 +17,7 @@ from cdkd.data.datamodule import process_batch_size
 from cdkd.errors import CdkdError
 from cdkd.files import write_text_atomic
 from cdkd.runs.layout import RunFolder, teacher_checkpoints
+from cdkd.runs.lock import RunLock, leads_launch
 from cdkd.training.build import build_module, checkpoint_meta, pretrained_files
 from cdkd.training.checks import check_config, check_splits
 from cdkd.training.evaluation import evaluate_best
@@ -41,9 +42,19 @@ def quiet_expected_warnings() -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one stage as configured; returns the best validation metrics (and test, if run)."""
+    """Train one stage as configured; returns the best validation metrics (and test, if run).
+
+    Rank 0 holds the run folder's lock from before the first write to the end: a second
+    launch on the folder stops with one line naming this run.
+    """
     check_config(cfg)
     files = pretrained_files(cfg)  # a missing weight file stops the run before anything is written
+    with RunLock(cfg.run_dir, enabled=leads_launch()):
+        return _train(cfg, files)
+
+
+def _train(cfg: DictConfig, files: dict[str, Path]) -> dict[str, Any]:
+    """The steps of :func:`train` once the run folder is this process's."""
     quiet_expected_warnings()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     log.info("seed %d", cfg.seed)
