@@ -30,7 +30,10 @@ def load_checkpoint_file(path: Path, mmap: bool | None = None) -> Any:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError:
-            with torch.serialization.safe_globals(_placeholders(path)):
+            placeholders = _placeholders(path)
+            if placeholders is None:
+                raise
+            with torch.serialization.safe_globals(placeholders):
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except RuntimeError as exc:
             if "TorchScript" not in str(exc):
@@ -56,15 +59,18 @@ class Foreign:
         self.state = state
 
 
-def _placeholders(path: Path) -> list[Any]:
+def _placeholders(path: Path) -> list[Any] | None:
     """:class:`Foreign` under the name of every foreign global pickled in ``path``.
 
-    A global of any other package is an error naming it: it is not read.
+    None when some global belongs to another package (it is not read) or the file cannot
+    be listed: the weights-only error stands.
     """
-    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    unknown = [n for n in names if n.split(".", 1)[0] not in FOREIGN_PACKAGES]
-    if unknown:
-        raise pickle.UnpicklingError(f"it holds objects of unknown code ({', '.join(unknown[:3])})")
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return None
+    if any(name.split(".", 1)[0] not in FOREIGN_PACKAGES for name in names):
+        return None
     return [(Foreign, name) for name in names]
 
 
