@@ -11,7 +11,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "cdkd"
 # Entry points above cli/: `python -m cdkd.<tool>` imports the tool's cli module.
-SHIMS = {"analyze", "eval", "export", "pipeline", "predict", "report", "score", "train", "weights"}
+SHIMS = {
+    "analyze",
+    "eval",
+    "export",
+    "import",
+    "pipeline",
+    "predict",
+    "report",
+    "score",
+    "train",
+    "weights",
+}
 MAX_LINES = 400
 
 

@@ -48,6 +48,30 @@ def zoo_rows() -> list[str]:
     return rows
 
 
+_OPENCD_ZOO = "Open-CD's model zoo (`configs/changer/README.md`, Google Drive)"
+_BAN = (
+    "`likyoo/BAN` on the Hugging Face hub (`checkpoint/`; LEVIR-CD, S2Looking): Open-CD's BAN "
+    "table lists {variant}"
+)
+#: Where trained weights of each network are published, and for which dataset, as the
+#: projects' READMEs say (Open-CD's configs/*/README.md tables, the BAN and TinyCD authors).
+RELEASES: dict[str, str] = {
+    "ban_vit_b": _BAN.format(variant="ViT-B/16 CLIP with a MiT-b0 branch, not MiT-b2"),
+    "ban_vit_b_in21k": _BAN.format(variant="ViT-B/16 IN-21K (LEVIR-CD)"),
+    "ban_vit_l": _BAN.format(variant="ViT-L/14 CLIP with MiT-b2 (LEVIR-CD)"),
+    "changer_b0": _OPENCD_ZOO + ": LEVIR-CD, S2Looking",
+    "changer_r18": _OPENCD_ZOO + ": LEVIR-CD, S2Looking",
+    "changer_s50": _OPENCD_ZOO + ": LEVIR-CD, S2Looking",
+    "changestar_farseg": "`likyoo/Open-CD_Model_Zoo` on the Hugging Face hub: LEVIR-CD",
+    "tinycd": "the TinyCD authors (`AndreaCodegoni/Tiny_model_4_CD`): LEVIR-CD, WHU-CD",
+}
+
+
+def release_rows() -> list[str]:
+    """One row per registered model: where its trained weights are published."""
+    return [f"| `{name}` | {RELEASES.get(name, 'none published')} |" for name in list_models()]
+
+
 def zoo_markdown() -> str:
     """The whole ``docs/models.md`` page."""
     lines = [
@@ -67,6 +91,21 @@ def zoo_markdown() -> str:
         HEADER,
         "|" + "---|" * HEADER.count(" | ") + "---|",
         *zoo_rows(),
+        "",
+        "## Released trained weights",
+        "",
+        "Open-CD and official MTKD checkpoints (and bare state dicts of them) load with",
+        "`create_model(name, weights=PATH)`, `model.weights=`, `cdkd.predict weights=` and",
+        "`cdkd.eval checkpoint=` for every network with an Open-CD key mapping",
+        "(`cdkd.models.convert.opencd`); `python -m cdkd.import` turns a release into a run",
+        "folder (see the README). The official MTKD code publishes its JL1-CD",
+        "checkpoints on the Hugging Face hub (`circleLZY/MTKD`) and on Baidu Disk; a student",
+        "checkpoint of that code holds its three teachers (submodules of the student).",
+        "Other datasets:",
+        "",
+        "| model | published trained weights (dataset) |",
+        "|---|---|",
+        *release_rows(),
         "",
     ]
     return "\n".join(lines)

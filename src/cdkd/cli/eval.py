@@ -25,14 +25,17 @@ def check_checkpoints(cfg: DictConfig, paths: list[Any]) -> None:
     """Refuse checkpoints trained with other partition thresholds or data normalisation.
 
     ``force=true`` skips the check (the checkpoints are still read and their model checked).
+    Checkpoints of other projects record no setup and are not checked.
     """
+    from cdkd.models.checkpoint import is_cdkd_checkpoint
     from cdkd.runs.meta import read_meta
 
     if cfg.force:
         return
     thresholds = list(cfg.partition.thresholds)
     for path in paths:
-        read_meta(path).check_evaluation(path, thresholds, cfg.data.mean, cfg.data.std)
+        if is_cdkd_checkpoint(path):
+            read_meta(path).check_evaluation(path, thresholds, cfg.data.mean, cfg.data.std)
 
 
 def build_origin_partition(cfg: DictConfig) -> Any:

@@ -7,7 +7,8 @@ from typing import Any
 
 from cdkd.errors import CheckpointError
 from cdkd.models.base import ChangeModel
-from cdkd.models.registry import create_model, load_checkpoint_file
+from cdkd.models.registry import create_model
+from cdkd.models.weight_files import load_checkpoint_file
 
 
 def read_hparams(path: str | Path, expected_model: str | None = None) -> dict[str, Any]:
@@ -29,12 +30,26 @@ def read_hparams(path: str | Path, expected_model: str | None = None) -> dict[st
     return hparams
 
 
+def is_cdkd_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a cdkd training checkpoint (not a release of another project)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    ckpt = load_checkpoint_file(path, mmap=True)
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    return isinstance(hparams, dict) and "model" in hparams
+
+
 def load_network(path: str | Path, expected_model: str | None = None) -> ChangeModel:
     """Build the network recorded in a cdkd checkpoint and load its weights.
 
-    Raises :class:`CheckpointError` when the checkpoint is unreadable or was trained for
-    another architecture than ``expected_model``.
+    With ``expected_model``, a checkpoint of another project (Open-CD, the official MTKD
+    code, a bare state dict: see :mod:`cdkd.models.convert.formats`) builds that model with
+    its registered defaults. Raises :class:`CheckpointError` when the checkpoint is
+    unreadable or was trained for another architecture than ``expected_model``.
     """
+    if expected_model is not None and not is_cdkd_checkpoint(path):
+        return create_model(expected_model, weights=path)
     hparams = read_hparams(path, expected_model)
     # The checkpoint holds every weight: sources of initial weights (e.g. a foundation
     # encoder's file, which may not exist on this machine) are not read again.

@@ -15,8 +15,8 @@ import torch
 
 from cdkd.errors import CheckpointError
 from cdkd.models.base import ChangeModel
+from cdkd.models.convert.formats import STUDENT, check_architecture, read_checkpoint, to_cdkd
 from cdkd.models.pretrained import load_pretrained, resolve_all
-from cdkd.models.weight_files import load_checkpoint_file
 
 M = TypeVar("M", bound=type[ChangeModel])
 
@@ -61,10 +61,6 @@ _REGISTRY: dict[str, ModelEntry] = {}
 #: Name prefix of a network's training-only auxiliary heads (built with ``aux_heads=True``).
 AUX_PREFIX = "aux_"
 
-#: Attribute under which cdkd's LightningModules hold the network; a training checkpoint's
-#: ``state_dict`` keys carry it as a prefix.
-NETWORK_PREFIX = "net."
-
 
 def register_model(name: str, info: ModelInfo | None = None, **defaults: Any) -> Callable[[M], M]:
     """Class decorator registering ``cls`` under ``name`` with constructor ``defaults``."""
@@ -92,28 +88,19 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def read_state_dict(path: str | Path, model: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a network state dict from a plain ``.pth`` file or a cdkd training checkpoint.
+def read_state_dict(
+    path: str | Path, model: str, network: str = STUDENT
+) -> tuple[dict[str, torch.Tensor], str]:
+    """One network of a checkpoint in cdkd's keys for ``model``, and what the file is.
 
-    With ``model``, a cdkd checkpoint recorded for another model is refused by name.
+    Every format of :mod:`cdkd.models.convert.formats` is read: cdkd checkpoints, Open-CD /
+    official MTKD (mmengine) checkpoints and bare state dicts of either. ``network`` picks
+    the student (the only network of most files) or a teacher (``teacher_s`` ...) of an
+    MTKD checkpoint. A checkpoint recorded for another architecture is refused by name.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    obj = load_checkpoint_file(path)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        recorded = (obj.get("hyper_parameters") or {}).get("model")
-        if model is not None and isinstance(recorded, str) and recorded != model:
-            raise CheckpointError(f"{path}: checkpoint is for model '{recorded}', not '{model}'")
-        obj = obj["state_dict"]
-        prefix = NETWORK_PREFIX
-        if any(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
-    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: does not contain a state dict of tensors")
-    return obj
+    checkpoint = read_checkpoint(path)
+    check_architecture(checkpoint, model)
+    return to_cdkd(checkpoint, model, network), checkpoint.describe()
 
 
 def create_model(
@@ -127,8 +114,10 @@ def create_model(
 
     Args:
         name: a name from :func:`list_models`.
-        weights: optional local checkpoint to load (our own format, a Lightning checkpoint, or
-            a release format the model class knows how to convert).
+        weights: optional local checkpoint to load, in any format of
+            :mod:`cdkd.models.convert.formats` (a cdkd checkpoint, an Open-CD or official MTKD
+            checkpoint, whose student is taken, a bare state dict of either, or a release
+            format the model class converts itself).
         pretrained: start every pretrained part (:data:`cdkd.models.pretrained.PARTS`) from
             its released weights: a ``backbone_weights`` file, else the hub cache, else a
             download. Off by default: the network is randomly initialised.
@@ -139,20 +128,47 @@ def create_model(
     """
     entry = get_entry(name)
     files = resolve_all(name, pretrained, backbone_weights)
-    state = read_state_dict(weights, name) if weights is not None else None
+    state, what = read_state_dict(weights, name) if weights is not None else (None, "")
+    model = _build(entry, state, overrides)
+    load_pretrained(model, name, files)
+    if state is not None:
+        load_weights(model, state, f"{weights}: {what} does not fit model '{name}'")
+    return model
+
+
+def model_from_state(
+    name: str, state: dict[str, torch.Tensor], context: str, **overrides: Any
+) -> ChangeModel:
+    """Build ``name`` for a state dict in cdkd's keys and load it strictly.
+
+    A mismatch is one :class:`CheckpointError` line starting with ``context``.
+    """
+    model = _build(get_entry(name), state, overrides)
+    load_weights(model, state, context)
+    return model
+
+
+def _build(
+    entry: ModelEntry, state: dict[str, torch.Tensor] | None, overrides: Mapping[str, Any]
+) -> ChangeModel:
+    """The entry's network: registered defaults, the shapes ``state`` implies, ``overrides``."""
     kwargs = dict(entry.defaults)
     if state is not None:
         kwargs.update(entry.cls.config_for_weights(state))
     kwargs.update(overrides)
-    model = entry.cls(**kwargs)
-    load_pretrained(model, name, files)
-    if state is not None:
-        state = model.convert_state_dict(state)
-        own = model.state_dict()
-        # A checkpoint trained with auxiliary heads also loads into the inference network.
-        state = {k: v for k, v in state.items() if not k.startswith(AUX_PREFIX) or k in own}
-        load_strict(model, state, f"{weights}: weights do not fit model '{name}'")
-    return model
+    return entry.cls(**kwargs)
+
+
+def load_weights(model: ChangeModel, state: dict[str, torch.Tensor], context: str) -> None:
+    """Load a state dict in cdkd's keys (or one the network converts itself) strictly.
+
+    Auxiliary-head weights the network was not built with are dropped: a checkpoint trained
+    with them also loads into the inference network.
+    """
+    state = model.convert_state_dict(state)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith(AUX_PREFIX) or k in own}
+    load_strict(model, state, context)
 
 
 def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], context: str) -> None:
