@@ -19,10 +19,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from cdkd.cli.weights import fetch, part_line
+from cdkd.cli.weights import part_line
 from cdkd.errors import CheckpointError, ConfigError
 from cdkd.models import create_model, get_entry
-from cdkd.models.pretrained import PARTS, WeightsUnavailableError, parts_of
+from cdkd.models.pretrained import PARTS, WeightsUnavailableError, fetch, parts_of
 from cdkd.training.run import check_config, pretrained_files, train
 from tests.factories import Composer
 

@@ -17,19 +17,17 @@ from typing import Any, Literal, get_args
 from omegaconf import DictConfig, OmegaConf
 
 from cdkd.cli.common import command
-from cdkd.errors import ConfigError, brief
+from cdkd.errors import ConfigError
 from cdkd.files import sha256_of
 from cdkd.models import list_models
 from cdkd.models.pretrained import (
     PARTS,
     Part,
     Source,
-    WeightsUnavailableError,
     cache_location,
     cached_file,
-    download,
+    fetch,
     hub_cache,
-    offline,
 )
 
 #: What ``cdkd.weights`` does: list the weight files and where they are, or download them.
@@ -69,33 +67,6 @@ def part_line(model: str, part: Part, cache: Path) -> str:
     return f"{model}  {part.name}  {source}  {where}  {use}  {status}"
 
 
-def fetch(models: list[str], cache: Path) -> list[Path]:
-    """Download the missing weight files of ``models`` into ``cache``; returns every file."""
-    sources: dict[Source, None] = {}
-    for model in models:
-        for part in PARTS.get(model, ()):
-            sources[part.source] = None
-    files = []
-    for source in sources:
-        path = cached_file(source, cache)
-        if path is None:
-            if offline():
-                raise WeightsUnavailableError(
-                    f"{source}: cannot download {source.repo_id}/{source.filename} with "
-                    "HF_HUB_OFFLINE set"
-                )
-            try:
-                path = download(source, cache)
-            except Exception as exc:  # no network, proxy, hub error: one line for all
-                raise WeightsUnavailableError(
-                    f"{source}: download of {source.repo_id}/{source.filename} failed "
-                    f"({brief(exc, sentences=1)})"
-                ) from exc
-        print(f"{source}  {_file_line(path, source, cache)}")
-        files.append(path)
-    return files
-
-
 @command("weights")
 def run(cfg: DictConfig) -> None:
     """List or fetch the pretrained weights of the selected models."""
@@ -104,7 +75,8 @@ def run(cfg: DictConfig) -> None:
     models = selected_models(cfg.models)
     cache = Path(cfg.dir).expanduser() if cfg.dir else hub_cache()
     if cfg.action == "fetch":
-        fetch(models, cache)
+        for source, path in fetch(models, cache):
+            print(f"{source}  {_file_line(path, source, cache)}")
         if cfg.dir:
             print(f"on a machine without network: copy {cache} there and set HF_HUB_CACHE to it")
         return

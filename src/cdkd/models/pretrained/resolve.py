@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -75,6 +75,33 @@ def download(source: Source, cache_dir: str | Path | None = None) -> Path:
             cache_dir=str(cache_dir or hub_cache()),
         )
     )
+
+
+def fetch(models: Iterable[str], cache_dir: str | Path | None = None) -> list[tuple[Source, Path]]:
+    """Every weight file the pretrained parts of ``models`` need, downloading missing ones.
+
+    Each file once, in the order the parts list them; a file that cannot be downloaded
+    (offline, no network, hub error) is one :class:`WeightsUnavailableError` line.
+    """
+    sources = dict.fromkeys(part.source for model in models for part in parts_of(model))
+    files = []
+    for source in sources:
+        path = cached_file(source, cache_dir)
+        if path is None:
+            if offline():
+                raise WeightsUnavailableError(
+                    f"{source}: cannot download {source.repo_id}/{source.filename} with "
+                    "HF_HUB_OFFLINE set"
+                )
+            try:
+                path = download(source, cache_dir)
+            except Exception as exc:  # no network, proxy, hub error: one line for all
+                raise WeightsUnavailableError(
+                    f"{source}: download of {source.repo_id}/{source.filename} failed "
+                    f"({brief(exc, sentences=1)})"
+                ) from exc
+        files.append((source, path))
+    return files
 
 
 def resolve(model: str, part: Part, path: str | Path | None, fetch: bool = True) -> Path:
