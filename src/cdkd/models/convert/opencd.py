@@ -299,6 +299,43 @@ def _ifn() -> list[Rule]:
     return rules
 
 
+#: ShuffleNetV2 units of LightCDNet-s's fusion block and of each stage (``stage_repeat_num``).
+_LIGHTCDNET_FUSION_UNITS = 4
+_LIGHTCDNET_UNITS = (4, 8, 4)
+
+
+def _lightcdnet() -> list[Rule]:
+    """LightCDNet: the backbone's flat ``stages`` (ShuffleNetV2 units, each stage closed by a
+    criss-cross attention module) -> per-stage unit lists and ``attention``; the fusion block,
+    the TinyFPN neck, the DS-FPN head and the FCN auxiliary head."""
+    rules: list[Rule] = [
+        (r"backbone\.conv1\.(.*)", r"stem.\1"),
+        (r"backbone\.fusion_conv\.stages\.0\.(.*)", r"fusion.expand.\1"),
+        (r"backbone\.fusion_conv\.single_conv\.(.*)", r"fusion.reduce.\1"),
+        (r"backbone\.fusion_conv\.time_attn\.(.*)", r"fusion.time_attention.\1"),
+        (r"backbone\.fusion_conv\.final_conv\.(.*)", r"fusion.merge.\1"),
+        (r"neck\.lateral_convs\.(\d)\.conv\.(.*)", r"fpn.laterals.\1.\2"),
+        (r"neck\.fpn_convs\.(\d)\.conv\.(.*)", r"fpn.smooth.\1.\2"),
+        *_conv_module(r"decode_head\.scale_heads\.(\d)\.0", r"scale_heads.\1"),
+        (r"decode_head\.conv_seg\.(.*)", r"classifier.\1"),
+        *_conv_module(r"auxiliary_head\.convs\.0", "aux_head.0"),
+        (r"auxiliary_head\.conv_seg\.(.*)", r"aux_head.1.\1"),
+    ]
+    for unit in range(_LIGHTCDNET_FUSION_UNITS):
+        src = rf"backbone\.fusion_conv\.stages\.{unit + 1}\.(.*)"
+        rules.append((src, rf"fusion.units.{unit}.\1"))
+    start = 0
+    for stage, units in enumerate(_LIGHTCDNET_UNITS):
+        for unit in range(units):
+            src = rf"backbone\.stages\.{start + unit}\.(.*)"
+            rules.append((src, rf"stages.{stage}.{unit}.\1"))
+        cca = rf"backbone\.stages\.{start + units}\.cca\."
+        rules.append((cca + r"(query|key|value)_conv\.(.*)", rf"attention.{stage}.\1.\2"))
+        rules.append((cca + r"gamma\.scale", f"attention.{stage}.gamma"))
+        start += units + 1
+    return rules
+
+
 MAPPINGS: dict[str, NetworkMap] = {
     "changestar_farseg": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _farseg()),
     "changestar_upernet": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _upernet()),
@@ -307,6 +344,7 @@ MAPPINGS: dict[str, NetworkMap] = {
     "fc_siam_diff": NetworkMap(_fcsn()),
     "hanet": NetworkMap(_hanet()),
     "ifn": NetworkMap(_ifn()),
+    "lightcdnet_s": NetworkMap(_lightcdnet()),
     "snunet_c16": NetworkMap(_snunet()),
     "stanet_base": NetworkMap(
         [
