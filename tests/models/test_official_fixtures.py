@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cdkd.models.base import ChangeModel
 from cdkd.models.convert.opencd import from_opencd
 from cdkd.models.registry import AUX_PREFIX, create_model, list_models, load_strict
 from tests.models.official_fixtures import (
@@ -20,38 +21,11 @@ from tests.models.official_fixtures import (
     official_state_dict,
 )
 
-#: Networks whose mapping is not proven yet, and what differs.
-_BAN = (
-    "mapping not written: Open-CD's image_encoder (mmseg ViT: layers.N.ln1/attn.attn.in_proj/"
-    "ffn.layers) and decode_head.side_adapter_network (mmseg MiT, bridges) -> cdkd's timm "
-    "encoder and branch.mit/bridges"
-)
-NOT_EQUAL: dict[str, str] = {
-    "ban_vit_b": _BAN,
-    "ban_vit_b_in21k": _BAN
-    + "; also Open-CD's IN21K build has a pre-norm LayerNorm that cdkd's ViT omits (by design)",
-    "ban_vit_l": _BAN,
-    "ttp_sam_l": (
-        "mapping not written: backbone.vision_encoder.base_model.model.layers.N (mmpretrain SAM "
-        "under peft LoRA, conv gates) -> cdkd's timm blocks with LoRALinear and linear gates"
-    ),
-}
-
 #: Output tolerance, relative to the largest official output value.
 RTOL = 1e-4
 
 
-def _cases() -> list[object]:
-    cases = []
-    for name in list_models():
-        marks = []
-        if name in NOT_EQUAL:
-            marks.append(pytest.mark.xfail(reason=NOT_EQUAL[name], strict=True))
-        cases.append(pytest.param(name, marks=marks, id=name))
-    return cases
-
-
-def _official_model(name: str, **kwargs: object) -> tuple[torch.nn.Module, OfficialFixture]:
+def _official_model(name: str, **kwargs: object) -> tuple[ChangeModel, OfficialFixture]:
     """cdkd's ``name`` holding the fixture's official weights (auxiliary heads only if built)."""
     fixture = load_fixture(FIXTURE_DIR / f"{name}.pt")
     assert fixture.model == name
@@ -74,7 +48,7 @@ def test_every_network_has_a_fixture() -> None:
     assert sorted(p.stem for p in FIXTURE_DIR.glob("*.pt")) == list_models()
 
 
-@pytest.mark.parametrize("name", _cases())
+@pytest.mark.parametrize("name", list_models())
 def test_official_weights_give_official_outputs(name: str) -> None:
     model, fixture = _official_model(name)
     x1, x2 = fixture.inputs.split(3, dim=1)
