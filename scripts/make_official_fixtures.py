@@ -2,7 +2,7 @@
 
 For each of cdkd's networks this builds the official network (Open-CD at :data:`OPENCD_COMMIT`)
 from its config, fills every parameter and BatchNorm statistic with values drawn from a seed
-(``tests/official_fixtures.py`` says how), runs it in eval mode on one seeded input pair and
+(``tests/models/official_fixtures.py`` says how), runs it in eval mode on one seeded input pair and
 writes ``tests/fixtures/official/<model>.pt``: the state dict's keys, shapes and dtypes, the
 seed, the input, the official outputs, the config and this command. The tests regenerate the
 state dict from the seed, convert it with ``cdkd.models.convert`` and compare outputs; they
@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "models"))
 
 from official_fixtures import (  # noqa: E402
     FIXTURE_DIR,

@@ -16,10 +16,11 @@ from cdkd.models.zoo.ban import BAN
 from cdkd.models.zoo.ttp import LoRALinear, TimeGate, TimeTravellingPixels
 from tests.factories import image_pair
 
-#: Exact sizes of the JL1-CD builds (Table II: 91.346, 112.609 and 254.987 M).
+#: Exact sizes of the JL1-CD builds (Table II: 91.346, 112.611 and 254.987 M; the IN21K build
+#: with Open-CD's 1,536-parameter pre-norm).
 BAN_PARAMS = {
     "ban_vit_b": (91_346_118, 26_811_846),
-    "ban_vit_b_in21k": (112_608_966, 26_811_846),
+    "ban_vit_b_in21k": (112_610_502, 26_811_846),
     "ban_vit_l": (254_987_206, 27_059_142),
 }
 BAN_SMALL = get_entry("ban_vit_b").info.test_overrides
@@ -88,6 +89,23 @@ def test_ban_loads_local_encoder_weights(tmp_path: Path) -> None:
     for key in ("pos_embed", "patch_embed.proj.weight", "blocks.2.mlp.fc2.weight"):
         torch.testing.assert_close(model.encoder.state_dict()[key], source.state_dict()[key])
     assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_ban_in21k_pre_norm_stays_at_its_init_over_a_release_without_it(tmp_path: Path) -> None:
+    overrides = {"num_classes": 0, "img_size": 32, **SMALL_VIT}
+    source = timm.create_model("vit_base_patch16_224", **overrides)
+    assert isinstance(source.norm_pre, torch.nn.Identity)
+    path = tmp_path / "augreg.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model("ban_vit_b_in21k", backbone_weights={"encoder": str(path)}, **BAN_SMALL)
+    norm = model.encoder.norm_pre
+    assert isinstance(norm, torch.nn.LayerNorm) and norm.eps == 1e-6
+    torch.testing.assert_close(norm.weight, torch.ones_like(norm.weight))
+    torch.testing.assert_close(norm.bias, torch.zeros_like(norm.bias))
+    # The augreg patch embedding keeps its bias (timm's pre_norm switch would drop it).
+    torch.testing.assert_close(
+        model.encoder.patch_embed.proj.bias, source.state_dict()["patch_embed.proj.bias"]
+    )
 
 
 def test_missing_encoder_weights_file_is_a_checkpoint_error(tmp_path: Path) -> None:

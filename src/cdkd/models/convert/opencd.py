@@ -299,7 +299,143 @@ def _ifn() -> list[Rule]:
     return rules
 
 
+#: ShuffleNetV2 units of LightCDNet-s's fusion block and of each stage (``stage_repeat_num``).
+_LIGHTCDNET_FUSION_UNITS = 4
+_LIGHTCDNET_UNITS = (4, 8, 4)
+
+
+def _lightcdnet() -> list[Rule]:
+    """LightCDNet: the backbone's flat ``stages`` (ShuffleNetV2 units, each stage closed by a
+    criss-cross attention module) -> per-stage unit lists and ``attention``; the fusion block,
+    the TinyFPN neck, the DS-FPN head and the FCN auxiliary head."""
+    rules: list[Rule] = [
+        (r"backbone\.conv1\.(.*)", r"stem.\1"),
+        (r"backbone\.fusion_conv\.stages\.0\.(.*)", r"fusion.expand.\1"),
+        (r"backbone\.fusion_conv\.single_conv\.(.*)", r"fusion.reduce.\1"),
+        (r"backbone\.fusion_conv\.time_attn\.(.*)", r"fusion.time_attention.\1"),
+        (r"backbone\.fusion_conv\.final_conv\.(.*)", r"fusion.merge.\1"),
+        (r"neck\.lateral_convs\.(\d)\.conv\.(.*)", r"fpn.laterals.\1.\2"),
+        (r"neck\.fpn_convs\.(\d)\.conv\.(.*)", r"fpn.smooth.\1.\2"),
+        *_conv_module(r"decode_head\.scale_heads\.(\d)\.0", r"scale_heads.\1"),
+        (r"decode_head\.conv_seg\.(.*)", r"classifier.\1"),
+        *_conv_module(r"auxiliary_head\.convs\.0", "aux_head.0"),
+        (r"auxiliary_head\.conv_seg\.(.*)", r"aux_head.1.\1"),
+    ]
+    for unit in range(_LIGHTCDNET_FUSION_UNITS):
+        src = rf"backbone\.fusion_conv\.stages\.{unit + 1}\.(.*)"
+        rules.append((src, rf"fusion.units.{unit}.\1"))
+    start = 0
+    for stage, units in enumerate(_LIGHTCDNET_UNITS):
+        for unit in range(units):
+            src = rf"backbone\.stages\.{start + unit}\.(.*)"
+            rules.append((src, rf"stages.{stage}.{unit}.\1"))
+        cca = rf"backbone\.stages\.{start + units}\.cca\."
+        rules.append((cca + r"(query|key|value)_conv\.(.*)", rf"attention.{stage}.\1.\2"))
+        rules.append((cca + r"gamma\.scale", f"attention.{stage}.gamma"))
+        start += units + 1
+    return rules
+
+
+def _mmseg_vit(src: str, dst: str) -> list[Rule]:
+    """mmseg's VisionTransformer below ``src`` -> timm's below ``dst``: ``layers.N`` are the
+    blocks, ``ln1``/``ln2`` their norms, the attention's ``in_proj`` timm's fused ``qkv``."""
+    rules: list[tuple[str, str]] = [
+        (r"(cls_token|pos_embed)", r"\1"),
+        (r"patch_embed\.projection\.(.*)", r"patch_embed.proj.\1"),
+        (r"ln_pre\.(.*)", r"norm_pre.\1"),
+        (r"layers\.(\d+)\.ln([12])\.(.*)", r"blocks.\1.norm\2.\3"),
+        (r"layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", r"blocks.\1.attn.qkv.\2"),
+        (r"layers\.(\d+)\.attn\.attn\.out_proj\.(.*)", r"blocks.\1.attn.proj.\2"),
+        (r"layers\.(\d+)\.ffn\.layers\.0\.0\.(.*)", r"blocks.\1.mlp.fc1.\2"),
+        (r"layers\.(\d+)\.ffn\.layers\.1\.(.*)", r"blocks.\1.mlp.fc2.\2"),
+    ]
+    return [(re.escape(src) + pattern, dst + repl) for pattern, repl in rules]
+
+
+def _mix_ffn(src: str, dst: str) -> list[Rule]:
+    """An mmseg-style MixFFN (``layers.0/1/4``: 1x1, depthwise 3x3, 1x1) -> ``fc1/pos/fc2``."""
+    rest = r"(?P<rest>.*)"
+    return [
+        (rf"{src}\.layers\.0\.{rest}", rf"{dst}.fc1.\g<rest>"),
+        (rf"{src}\.layers\.1\.{rest}", rf"{dst}.pos.\g<rest>"),
+        (rf"{src}\.layers\.4\.{rest}", rf"{dst}.fc2.\g<rest>"),
+    ]
+
+
+def _ban() -> list[Rule]:
+    """BAN: the frozen ViT, the Bi-TAB (an mmseg MiT and the bridges ``conv_clips`` +
+    ``clip_attns``) and the MLP decoder."""
+    side = r"decode_head\.side_adapter_network\."
+    decoder = r"decode_head\.mask_decoder\."
+    return [
+        *_mmseg_vit("image_encoder.", "encoder."),
+        *mit_rules("decode_head.side_adapter_network.side_encoder.", "branch.mit."),
+        (side + r"conv_clips\.(\d)\.0\.(.*)", r"branch.bridges.\1.project.0.\2"),
+        (side + r"conv_clips\.(\d)\.1\.conv\.(.*)", r"branch.bridges.\1.project.1.\2"),
+        (side + r"clip_attns\.(\d)\.(norm[12])\.(.*)", r"branch.bridges.\1.\2.\3"),
+        (side + r"clip_attns\.(\d)\.attn\.attn\.(.*)", r"branch.bridges.\1.attn.\2"),
+        *_mix_ffn(side + r"clip_attns\.(\d)\.ffn", r"branch.bridges.\1.ffn"),
+        *_conv_module(decoder + r"convs\.(\d)", r"decoder.levels.\1"),
+        *_conv_module(decoder + r"fusion_conv", "decoder.fuse"),
+        *_mix_ffn(decoder + "discriminator", "decoder.discriminator"),
+        (decoder + r"conv_seg\.(.*)", r"decoder.classifier.\1"),
+    ]
+
+
+def _ban_reshape(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`mit_reshape` for the side branch only (the bridges keep ``in_proj``)."""
+    mit = {k: v for k, v in state.items() if k.startswith("branch.mit.")}
+    rest = {k: v for k, v in state.items() if k not in mit}
+    return {**rest, **mit_reshape(mit)}
+
+
+def _ttp() -> list[Rule]:
+    """TTP: mmpretrain's SAM encoder under peft (``base_model.model``; LoRA as ``lora_A/B``
+    ``.default``, the wrapped qkv as ``base_layer``), its time gates (in windowed blocks), the
+    SAM neck ``channel_reduction``, the SimpleFPN and the MLP head."""
+    sam = r"backbone\.vision_encoder\.base_model\.model\."
+    block = sam + r"layers\.(\d+)\."
+    fpn = r"neck\.necks\.1\."
+    return [
+        (sam + r"pos_embed", "encoder.pos_embed"),
+        (sam + r"patch_embed\.projection\.(.*)", r"encoder.patch_embed.proj.\1"),
+        (block + r"ln([12])\.(.*)", r"encoder.blocks.\1.block.norm\2.\3"),
+        (block + r"attn\.(rel_pos_[hw])", r"encoder.blocks.\1.block.attn.\2"),
+        (block + r"attn\.qkv\.base_layer\.(.*)", r"encoder.blocks.\1.block.attn.qkv.base.\2"),
+        (
+            block + r"attn\.qkv\.lora_A\.default\.(.*)",
+            r"encoder.blocks.\1.block.attn.qkv.lora_a.\2",
+        ),
+        (
+            block + r"attn\.qkv\.lora_B\.default\.(.*)",
+            r"encoder.blocks.\1.block.attn.qkv.lora_b.\2",
+        ),
+        (block + r"attn\.proj\.(.*)", r"encoder.blocks.\1.block.attn.proj.\2"),
+        (block + r"ffn\.layers\.0\.0\.(.*)", r"encoder.blocks.\1.block.mlp.fc1.\2"),
+        (block + r"ffn\.layers\.1\.(.*)", r"encoder.blocks.\1.block.mlp.fc2.\2"),
+        (block + r"(down_channel|soft_ffn)\.(.*)", r"encoder.blocks.\1.gate.\2.\3"),
+        (sam + r"channel_reduction\.(.*)", r"encoder.neck.\1"),
+        (fpn + r"fpn1\.(.*)", r"fpn.up4.\1"),
+        (fpn + r"fpn2\.0\.(.*)", r"fpn.up2.\1"),
+        (fpn + r"lateral_convs\.(\d)\.conv\.(.*)", r"fpn.lateral.\1.0.\2"),
+        (fpn + r"lateral_convs\.(\d)\.ln\.(.*)", r"fpn.lateral.\1.1.\2"),
+        (fpn + r"fpn_convs\.(\d)\.conv\.(.*)", r"fpn.output.\1.0.\2"),
+        (fpn + r"fpn_convs\.(\d)\.ln\.(.*)", r"fpn.output.\1.1.\2"),
+        *_conv_module(r"decode_head\.convs\.(\d)", r"head.levels.\1"),
+        *_conv_module(r"decode_head\.fusion_conv", "head.fuse"),
+        (r"decode_head\.conv_seg\.(.*)", r"head.classifier.\1"),
+    ]
+
+
+def _ttp_reshape(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The gates' 1x1 convolution kernels as the linear layers' ``[out, in]`` weights."""
+    return {k: v.flatten(1) if ".gate." in k and v.ndim == 4 else v for k, v in state.items()}
+
+
 MAPPINGS: dict[str, NetworkMap] = {
+    "ban_vit_b": NetworkMap(_ban(), _ban_reshape),
+    "ban_vit_b_in21k": NetworkMap(_ban(), _ban_reshape),
+    "ban_vit_l": NetworkMap(_ban(), _ban_reshape),
     "changestar_farseg": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _farseg()),
     "changestar_upernet": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _upernet()),
     "fc_ef": NetworkMap(_fcsn()),
@@ -307,6 +443,7 @@ MAPPINGS: dict[str, NetworkMap] = {
     "fc_siam_diff": NetworkMap(_fcsn()),
     "hanet": NetworkMap(_hanet()),
     "ifn": NetworkMap(_ifn()),
+    "lightcdnet_s": NetworkMap(_lightcdnet()),
     "snunet_c16": NetworkMap(_snunet()),
     "stanet_base": NetworkMap(
         [
@@ -340,6 +477,7 @@ MAPPINGS: dict[str, NetworkMap] = {
     "changer_b1": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
     "changer_r18": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + CHANGER_HEAD),
     "changer_s50": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + CHANGER_HEAD),
+    "ttp_sam_l": NetworkMap(_ttp(), _ttp_reshape),
     "tinycd": NetworkMap(
         [
             *_efficientnet_stages(),

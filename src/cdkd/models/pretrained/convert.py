@@ -91,10 +91,19 @@ def _mmseg_mit_block(prefix: str, rest: str, value: torch.Tensor) -> dict[str, t
 
 
 def _vit(state: dict[str, torch.Tensor], part: nn.Module) -> dict[str, torch.Tensor]:
-    """timm ViT, OpenAI/open_clip CLIP -> timm ViT keys, position table fitted to the part."""
+    """timm ViT, OpenAI/open_clip CLIP -> timm ViT keys, position table fitted to the part.
+
+    A part with a pre-norm its release lacks (BAN IN21K's) keeps the LayerNorm's initial unit
+    scale and zero shift, as Open-CD's non-strict load of the release leaves it.
+    """
     from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-    return checkpoint_filter_fn(state, cast(VisionTransformer, part))
+    out = checkpoint_filter_fn(state, cast(VisionTransformer, part))
+    norm = getattr(part, "norm_pre", None)
+    if isinstance(norm, nn.LayerNorm) and "norm_pre.weight" not in out:
+        out["norm_pre.weight"] = torch.ones_like(norm.weight)
+        out["norm_pre.bias"] = torch.zeros_like(norm.bias)
+    return out
 
 
 _SAM_BLOCK = re.compile(r"^blocks\.(\d+)\.")

@@ -8,8 +8,8 @@ cross-attention from the side features to it, a MixFFN with a 4-channel hidden l
 resized projected map added on top). An MLP decoder embeds both dates' four levels at 1/4
 resolution, concatenates the dates and classifies (unchanged, changed) after a MixFFN.
 
-The sizes match the JL1-CD paper's Table II exactly: 91.346 M (ViT-B), 112.609 M (ViT-B IN21K,
-printed 115.712 with the paper's x1.024 unit slip) and 254.987 M (ViT-L, printed 261.120).
+The sizes match the JL1-CD paper's Table II: 91.346 M (ViT-B), 112.611 M (ViT-B IN21K with
+Open-CD's pre-norm, printed 115.712 = 0.113 G x 1024) and 254.987 M (ViT-L, printed 261.120).
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ _DISTILL_TARGET = "the decoder's 2-channel logits at 1/4 resolution"
     info=ModelInfo(
         "Foundation model",
         "ViT-B (IN21K)",
-        112.609,
+        112.611,
         83.142,
         pretrained="timm vit_base_patch16_224.augreg_in21k (frozen) + smp mit_b2",
         distill_target=_DISTILL_TARGET,
@@ -181,6 +181,7 @@ _DISTILL_TARGET = "the decoder's 2-channel logits at 1/4 resolution"
     encoder="vit_base_patch16_224",
     encoder_resolution=224,
     encoder_taps=(5, 8, 11),
+    encoder_pre_norm=True,
 )
 @register_model(
     "ban_vit_l",
@@ -208,9 +209,10 @@ class BAN(ChangeModel):
     Deliberate deviations from Open-CD's build: both dates go through the ViT and the side
     branch as one batch (neither has batch statistics, so the result is the same), while the
     decoder embeds each date on its own as upstream (its BatchNorms see one date at a time).
-    For the IN21K variant the plain augreg ViT is built: Open-CD's config inherits
-    ``pre_norm=True`` from the CLIP base config, which adds an untrained LayerNorm before the
-    first block (1,536 parameters) that the augreg weights never had.
+    The IN21K variant keeps the LayerNorm before the first block that Open-CD's config
+    inherits from the CLIP base config (``pre_norm=True``, 1,536 parameters): the augreg
+    release has no such layer, so it stays at LayerNorm's initialisation (unit scale, zero
+    shift) and still normalises every token before the first block.
 
     Args:
         encoder: timm architecture of the frozen ViT.
@@ -219,6 +221,8 @@ class BAN(ChangeModel):
             stages 2, 3 and 4; blocks after the last tap are not built.
         side_encoder: smp MiT variant of the Bi-TAB (``mit_b2`` in the JL1-CD runs).
         decoder_channels: width of the decoder's level embeddings.
+        encoder_pre_norm: add a LayerNorm (the blocks' epsilon) before the ViT's first block,
+            for encoders whose architecture has none (CLIP encoders have their own).
         encoder_overrides: extra timm constructor arguments of the ViT (e.g. a narrower
             network for quick tests).
         grad_checkpointing: recompute the side branch's blocks and bridges in the backward
@@ -234,6 +238,7 @@ class BAN(ChangeModel):
         encoder_taps: Sequence[int],
         side_encoder: str = "mit_b2",
         decoder_channels: int = 128,
+        encoder_pre_norm: bool = False,
         encoder_overrides: Mapping[str, Any] | None = None,
         grad_checkpointing: bool = False,
     ) -> None:
@@ -249,6 +254,10 @@ class BAN(ChangeModel):
         kwargs = {"num_classes": 0, "img_size": self.encoder_resolution}
         kwargs.update(encoder_overrides or {})
         self.encoder = timm.create_model(encoder, depth=taps[-1] + 1, **kwargs)
+        if encoder_pre_norm:
+            # timm's own ``pre_norm`` would also drop the patch embedding's bias (CLIP style).
+            norm = self.encoder.blocks[0].norm1
+            self.encoder.norm_pre = nn.LayerNorm(self.encoder.embed_dim, eps=norm.eps)
         self.encoder.prune_intermediate_layers(taps, prune_norm=True, prune_head=True)
         self.encoder.requires_grad_(False)
 

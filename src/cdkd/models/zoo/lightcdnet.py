@@ -1,14 +1,14 @@
 """LightCDNet (Xing et al., GRSL 2023), the "small" network as Open-CD builds it for JL1-CD.
 
-Early fusion: a shared stem (3x3 stride-2 conv, channel LayerNorm, GELU) and a shared
-ShuffleNetV2 fusion block (1x1 up to 96 channels, four ShuffleNetV2 units, 1x1 back to 24, plus
-a residual) process each date; a squeeze-style time attention gates both dates from their joint
-global context, and a channel shuffle and a 1x1 conv merge them into one 24-channel map at
-stride 2. One stream continues through three ShuffleNetV2 stages (48, 96, 192 channels; 4, 8
-and 4 units; stride 2 at each stage's first unit), each followed by two rounds of criss-cross
-attention. A convolutional FPN (48 channels, no normalisation) over the fused map and the
-three stages, a 1x1 conv-BN-ReLU per level summed at stride 2, and a 1x1 classifier give the
-2-channel logits at half resolution. An FCN head on the fused map is a training-only
+Early fusion: a shared stem (3x3 stride-2 conv, channel LayerNorm with Open-CD's eps 1e-6,
+GELU) and a shared ShuffleNetV2 fusion block (1x1 up to 96 channels, four ShuffleNetV2 units,
+1x1 back to 24, plus a residual) process each date; a squeeze-style time attention gates both
+dates from their joint global context, and a channel shuffle and a 1x1 conv merge them into one
+24-channel map at stride 2. One stream continues through three ShuffleNetV2 stages (48, 96, 192
+channels; 4, 8 and 4 units; stride 2 at each stage's first unit), each followed by two rounds
+of criss-cross attention. A convolutional FPN (48 channels, no normalisation) over the fused
+map and the three stages, a 1x1 conv-BN-ReLU per level summed at stride 2, and a 1x1 classifier
+give the 2-channel logits at half resolution. An FCN head on the fused map is a training-only
 auxiliary output.
 """
 
@@ -154,7 +154,7 @@ class LightCDNet(ChangeModel):
     def __init__(self, aux_heads: bool = False) -> None:
         super().__init__()
         self.stem = ConvNormAct(
-            3, STEM_CHANNELS, 3, stride=2, norm=functools.partial(LayerNorm2d, eps=1e-5), act="gelu"
+            3, STEM_CHANNELS, 3, stride=2, norm=functools.partial(LayerNorm2d, eps=1e-6), act="gelu"
         )
         self.fusion = DateFusion(STEM_CHANNELS)
         widths = (STEM_CHANNELS, *STAGE_CHANNELS)

@@ -29,6 +29,8 @@ from cdkd.models.base import ChangeModel
 from cdkd.models.layers import ConvNormAct, concat_resized
 from cdkd.models.registry import ModelInfo, register_model
 
+#: LayerNorm epsilon of the SAM blocks (SAM's and Open-CD's; timm's SAM builds 1e-5).
+SAM_LN_EPS = 1e-6
 #: LayerNorm epsilon of the SimpleFPN (mmpretrain's LN2d built through mmcv).
 FPN_LN_EPS = 1e-5
 #: Levels the SimpleFPN builds from the encoder map (strides 4, 8, 16, 32 of the image), the
@@ -248,7 +250,11 @@ class TimeTravellingPixels(ChangeModel):
     ) -> None:
         super().__init__()
         self.encoder = timm.create_model(
-            encoder, img_size=img_size, num_classes=0, **(encoder_overrides or {})
+            encoder,
+            img_size=img_size,
+            num_classes=0,
+            norm_layer=functools.partial(nn.LayerNorm, eps=SAM_LN_EPS),
+            **(encoder_overrides or {}),
         )
         self.encoder.requires_grad_(False)
         self.encoder.neck.requires_grad_(train_neck)
