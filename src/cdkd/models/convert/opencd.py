@@ -5,7 +5,7 @@ and the cdkd key it becomes (``re`` replacement syntax), or ``None`` for a tenso
 have (a training-only head, a second name of a shared module). The first matching rule wins;
 a key no rule matches is kept as it is, so a strict load names it. Tensors whose layout differs
 (not only their name) are reshaped by the network's ``reshape`` step. The mapping of every
-network is proven against the official code by ``tests/test_official_fixtures.py``.
+network is proven against the official code by ``tests/models/test_official_fixtures.py``.
 """
 
 from __future__ import annotations
