@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml
 PYTEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
-test: install ## run the default test suite (CPU, no network)
+test: install ## type check, then the default test suite (CPU, no network)
+	$(BIN)/mypy
 	$(PYTEST)
 
 test-all: install ## run every test, the slow ones included
@@ -37,7 +38,7 @@ lint: install ## ruff check, format check and the type check
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 
-typecheck: install ## mypy over src/cdkd, strict where pyproject.toml says (also run by CI)
+typecheck: install ## mypy over src/cdkd, strict where pyproject.toml says (part of make test)
 	$(BIN)/mypy
 
 format: install ## apply ruff fixes and formatting
