@@ -89,11 +89,18 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     return leaves
 
 
-def recipe(config: dict[str, Any]) -> dict[str, Any]:
-    """The recipe keys of a resolved config (plain containers) and their values."""
+def _kind(config: dict[str, Any]) -> str:
+    """The stage kind a config trains (``train`` or ``distill``)."""
     stage = config.get("stage")
-    kind = stage.get("kind") if isinstance(stage, dict) else None
-    unused = UNUSED_BY_KIND.get(str(kind), ())
+    return str(stage.get("kind")) if isinstance(stage, dict) else ""
+
+
+def recipe(config: dict[str, Any], kind: str | None = None) -> dict[str, Any]:
+    """The recipe keys of a resolved config (plain containers) and their values.
+
+    ``kind``: the stage kind whose unused keys to leave out (default: the config's own).
+    """
+    unused = UNUSED_BY_KIND.get(_kind(config) if kind is None else kind, ())
     return {
         key: value
         for key, value in _leaves(config).items()
@@ -104,10 +111,12 @@ def recipe(config: dict[str, Any]) -> dict[str, Any]:
 def recipe_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key: RECORDED -> CURRENT`` for each recipe key that differs, the current order first.
 
-    A key one side lacks counts as null, so a key a later version added with a null default
-    does not block resuming, while one set with ``+key=value`` does.
+    Both sides are read as the current stage kind trains. A key one side lacks counts as
+    null, so a key a later version added with a null default does not block resuming, while
+    one set with ``+key=value`` does.
     """
-    old, new = recipe(recorded), recipe(current)
+    kind = _kind(current)
+    old, new = recipe(recorded, kind), recipe(current, kind)
     keys = [*new, *(key for key in old if key not in new)]
     return [
         f"{key}: {_shown(old.get(key))} -> {_shown(new.get(key))}"
