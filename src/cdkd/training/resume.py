@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-import yaml
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError  # type: ignore[import-untyped]  # PyYAML ships no types
 
 from cdkd.errors import ConfigError
 from cdkd.runs.layout import RunFolder
@@ -142,7 +142,7 @@ def check_recipe(cfg: DictConfig, run_dir: Path) -> None:
         return
     try:
         recorded = OmegaConf.to_container(OmegaConf.load(recorded_file), resolve=False)
-    except (OSError, yaml.YAMLError, OmegaConfBaseException) as exc:
+    except (OSError, YAMLError, OmegaConfBaseException) as exc:
         log.warning(
             "%s: not readable (%s): resuming without checking its recipe", recorded_file, exc
         )
@@ -151,7 +151,7 @@ def check_recipe(cfg: DictConfig, run_dir: Path) -> None:
         log.warning("%s: not a run config: resuming without checking its recipe", recorded_file)
         return
     current = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-    differences = recipe_differences(recorded, current)
+    differences = recipe_differences(cast(dict[str, Any], recorded), current)
     if differences:
         more = len(differences) - _SHOWN
         shown = "; ".join(differences[:_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
