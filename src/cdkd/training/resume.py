@@ -156,9 +156,9 @@ def check_recipe(cfg: DictConfig, run_dir: Path) -> None:
         more = len(differences) - _SHOWN
         shown = "; ".join(differences[:_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
         raise ConfigError(
-            f"{run_dir}: holds a run of another recipe ({recorded_file.name} there -> now: "
-            f"{shown}); resume=false moves that run aside and starts afresh, run_dir=DIR "
-            "trains in a separate folder"
+            f"{run_dir}: holds a run of another recipe (recorded -> now: {shown}); "
+            "resume=false moves that run aside and starts afresh, run_dir=DIR trains in a "
+            "separate folder"
         )
 
 
