@@ -22,11 +22,16 @@ from tests.factories import Composer, save_checkpoint
 
 
 def finished_run(
-    run_dir: Path, lam: float, val_miou: float, test_miou: float | None = None
+    run_dir: Path,
+    lam: float,
+    val_miou: float,
+    test_miou: float | None = None,
+    seed: int | None = None,
 ) -> Path:
     """A student run folder as training leaves it: config.yaml and metrics.json."""
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(f"distill:\n  lambda: {lam!r}\n")
+    seed_line = "" if seed is None else f"seed: {seed}\n"
+    (run_dir / "config.yaml").write_text(f"{seed_line}distill:\n  lambda: {lam!r}\n")
     per_image = {"mIoU": val_miou, "mAcc": 0.9, "mPrecision": 0.8, "mFscore": 0.7}
     metrics = {"checkpoint": str(run_dir / "best.ckpt"), "val": {"per_image": per_image}}
     if test_miou is not None:
@@ -177,3 +182,36 @@ def test_report_takes_paths_runs_dir_or_an_explicit_folder_and_fails_in_one_line
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'none'}/synthetic/tinycd/student: sweep folder not found"]
+
+
+def test_report_lists_the_runs_of_one_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = tmp_path / "runs" / "synthetic" / "tinycd" / "student"
+    finished_run(sweep / "lambda_0.001", 1e-3, 0.6, seed=42)
+    finished_run(sweep / "lambda_0.01", 1e-2, 0.5, seed=42)
+    finished_run(sweep / "lambda_0.01-seed7", 1e-2, 0.9, seed=7)
+    runs_dir = f"paths.runs_dir={tmp_path / 'runs'}"
+
+    report.main([runs_dir])
+    written = json.loads((sweep / "sweep.json").read_text())
+    assert written["seed"] == 42
+    assert [r["run"] for r in written["runs"]] == [
+        str(sweep / "lambda_0.001"),
+        str(sweep / "lambda_0.01"),
+    ]
+    assert written["best"]["lambda"] == 1e-3
+    assert "seed 42" in (sweep / "sweep.md").read_text()
+
+    report.main([runs_dir, "seed=7"])
+    written = json.loads((sweep / "sweep.json").read_text())
+    assert written["seed"] == 7 and written["best"]["run"] == str(sweep / "lambda_0.01-seed7")
+    assert len(written["runs"]) == 1
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        report.main([runs_dir, "seed=3"])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {sweep}: no runs of seed 3 (sub-folders with a run's config) found "
+        "(runs of seed 42, 7: give seed=N)"
+    ]

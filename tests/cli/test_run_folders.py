@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from rasterio.transform import Affine
 
-from cdkd.cli import pipeline
+from cdkd.cli import pipeline, report
 from cdkd.errors import CdkdError
 from cdkd.files import WriteError
 from cdkd.runs.lock import LOCK_NAME, RunLockError
@@ -156,6 +156,22 @@ def test_a_second_pipeline_on_the_same_model_stops_before_its_first_step(
     assert exit_info.value.code == 1 and len(err.splitlines()) == 1
     assert_names_the_holder(err, student_root, pid)
     assert started == []
+
+
+def test_a_report_into_a_locked_students_folder_stops_without_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    student_root = tmp_path / "runs" / "synthetic" / "tinycd" / "student"
+    run = student_root / "lambda_0.001"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 42\ndistill:\n  lambda: 0.001\n")
+    pid = held_by_another_process(student_root)  # a pipeline of this model is running
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([f"paths.runs_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1
+    assert_names_the_holder(err, student_root, pid)
+    assert sorted(p.name for p in student_root.iterdir()) == [LOCK_NAME, "lambda_0.001"]
 
 
 def test_the_pipeline_refuses_a_seed_it_would_not_chain(

@@ -18,24 +18,31 @@ from rich.table import Table
 from cdkd.analysis.tables import percent
 from cdkd.errors import ConfigError, DataError
 from cdkd.metrics.change import MEAN_KEYS
-from cdkd.runs.layout import RunFolder
+from cdkd.runs.layout import DEFAULT_SEED, RunFolder
 
 SELECTION_RULE = "highest validation per-image mIoU; ties go to the smaller lambda"
 
 
-def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Rows ``{lambda, run, val: {...}, test: {...}}`` of every finished run, by lambda.
+def collect_sweep(sweep_dir: str | Path, seed: int = DEFAULT_SEED) -> list[dict[str, Any]]:
+    """Rows ``{lambda, run, val: {...}, test: {...}}`` of every run of ``seed``, by lambda.
 
     A run is a sub-folder holding the config and metrics files a training run writes
     (:class:`RunFolder`); unfinished runs (no metrics yet) are listed with empty metrics.
+    Runs of other seeds (``lambda_<lambda>-seed<N>/``, by the seed their config records) are
+    left out, so each lambda is one row of one seed.
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise DataError(f"{sweep_dir}: sweep folder not found")
     rows = []
+    other_seeds: set[str] = set()
     runs = [RunFolder(path) for path in sorted(sweep_dir.iterdir()) if path.is_dir()]
     for run in (run for run in runs if run.config.is_file()):
         cfg = OmegaConf.load(run.config)
+        run_seed = OmegaConf.select(cfg, "seed", default=DEFAULT_SEED)
+        if str(run_seed) != str(seed):
+            other_seeds.add(str(run_seed))
+            continue
         metrics_file = run.metrics
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         rows.append(
@@ -47,7 +54,12 @@ def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
             }
         )
     if not rows:
-        raise DataError(f"{sweep_dir}: no runs (sub-folders with a run's config) found")
+        found = (
+            f" (runs of seed {', '.join(sorted(other_seeds))}: give seed=N)" if other_seeds else ""
+        )
+        raise DataError(
+            f"{sweep_dir}: no runs of seed {seed} (sub-folders with a run's config) found{found}"
+        )
     return sorted(rows, key=lambda r: r["lambda"])
 
 

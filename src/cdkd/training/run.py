@@ -62,7 +62,7 @@ def _train(cfg: DictConfig, files: dict[str, Path]) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     world = resolve_world_size(cfg)
     process_batch_size(int(cfg.data.batch_size), world)  # refuses an uneven split up front
-    ckpt_path = resume_checkpoint(cfg, run_dir)
+    ckpt_path = resume_checkpoint(cfg, run_dir)  # reads the earlier run's config.yaml: first
     write_text_atomic(RunFolder(run_dir).config, OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = datamodule_from_config(cfg)
