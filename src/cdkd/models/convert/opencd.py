@@ -11,96 +11,21 @@ network is proven against the official code by ``tests/models/test_official_fixt
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import torch
 
-Rule = tuple[str, str | None]
-Reshape = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-
-#: mmseg ResNetV1c (``backbone.stem`` of three conv-BN pairs, ``layerN``) -> timm deep-stem
-#: ResNet (``conv1.0/1/3/4/6``, ``bn1``); the residual stages share their names.
-RESNET_V1C: list[Rule] = [
-    (r"stem\.([0134])\.(.*)", r"conv1.\1.\2"),
-    (r"stem\.6\.(.*)", r"conv1.6.\1"),
-    (r"stem\.7\.(.*)", r"bn1.\1"),
-    (r"(layer\d\..*)", r"\1"),
-]
-
-
-@dataclass(frozen=True)
-class NetworkMap:
-    """How one network's Open-CD keys become cdkd's: renames, then an optional reshape."""
-
-    rules: Sequence[Rule]
-    reshape: Reshape | None = None
-
-
-def prefixed(prefix: str, target: str, rules: Sequence[Rule]) -> list[Rule]:
-    """``rules`` applied below ``prefix`` (an Open-CD module path) and ``target`` (cdkd's)."""
-    out: list[Rule] = []
-    for pattern, repl in rules:
-        out.append((re.escape(prefix) + pattern, None if repl is None else target + repl))
-    return out
-
-
-def rename(state: Mapping[str, torch.Tensor], rules: Sequence[Rule]) -> dict[str, torch.Tensor]:
-    """Apply ``rules`` to every key of ``state`` (see the module docstring)."""
-    compiled = [(re.compile(pattern), repl) for pattern, repl in rules]
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        for pattern, repl in compiled:
-            match = pattern.fullmatch(key)
-            if match:
-                if repl is not None:
-                    out[_count_from_one(match.expand(repl))] = value
-                break
-        else:
-            out[key] = value
-    return out
-
-
-def mit_rules(src: str, dst: str) -> list[Rule]:
-    """mmseg's MixVisionTransformer below ``src`` -> smp's MiT below ``dst``.
-
-    mmseg keeps attention as ``nn.MultiheadAttention`` (one ``in_proj`` for q, k, v) and the
-    MixFFN as 1x1 convolutions; smp has ``q`` and ``kv`` linears and linear ``fc1``/``fc2``:
-    the renamed ``in_proj`` and the FFN kernels are split and flattened by :func:`mit_reshape`.
-    """
-    rules: list[tuple[str, str]] = [
-        (r"layers\.(\d)\.0\.projection\.(.*)", "patch_embed<\\1>.proj.\\2"),
-        (r"layers\.(\d)\.0\.norm\.(.*)", "patch_embed<\\1>.norm.\\2"),
-        (
-            r"layers\.(\d)\.1\.(\d+)\.attn\.attn\.in_proj_(weight|bias)",
-            "block<\\1>.\\2.attn.in_proj_\\3",
-        ),
-        (r"layers\.(\d)\.1\.(\d+)\.attn\.attn\.out_proj\.(.*)", "block<\\1>.\\2.attn.proj.\\3"),
-        (r"layers\.(\d)\.1\.(\d+)\.attn\.(sr|norm)\.(.*)", "block<\\1>.\\2.attn.\\3.\\4"),
-        (r"layers\.(\d)\.1\.(\d+)\.(norm[12])\.(.*)", "block<\\1>.\\2.\\3.\\4"),
-        (r"layers\.(\d)\.1\.(\d+)\.ffn\.layers\.0\.(.*)", "block<\\1>.\\2.mlp.fc1.\\3"),
-        (r"layers\.(\d)\.1\.(\d+)\.ffn\.layers\.1\.(.*)", "block<\\1>.\\2.mlp.dwconv.dwconv.\\3"),
-        (r"layers\.(\d)\.1\.(\d+)\.ffn\.layers\.4\.(.*)", "block<\\1>.\\2.mlp.fc2.\\3"),
-        (r"layers\.(\d)\.2\.(.*)", "norm<\\1>.\\2"),
-    ]
-    return [(re.escape(src) + pattern, dst + repl) for pattern, repl in rules]
-
-
-def mit_reshape(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Finish :func:`mit_rules`: split ``in_proj`` into ``q`` and ``kv``; flatten 1x1 kernels."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        head, _, leaf = key.rpartition(".")
-        if leaf.startswith("in_proj_"):
-            kind = leaf.removeprefix("in_proj_")
-            q, kv = value.split([value.shape[0] // 3, 2 * value.shape[0] // 3])
-            out[f"{head}.q.{kind}"] = q
-            out[f"{head}.kv.{kind}"] = kv
-        elif re.search(r"\.mlp\.fc[12]\.weight$", key) and value.ndim == 4:
-            out[key] = value.flatten(1)
-        else:
-            out[key] = value
-    return out
+from cdkd.models.convert.opencd_vit import ban_reshape, ban_rules, ttp_reshape, ttp_rules
+from cdkd.models.convert.rules import (
+    RESNET_V1C,
+    NetworkMap,
+    Rule,
+    conv_module,
+    mit_reshape,
+    mit_rules,
+    prefixed,
+    rename,
+)
 
 
 def _efficientnet_stages() -> list[Rule]:
@@ -119,11 +44,6 @@ def _efficientnet_stages() -> list[Rule]:
         for old, new in parts:
             rules.append((src + re.escape(old) + r"\.(.*)", dst + new + r".\2"))
     return rules
-
-
-def _count_from_one(key: str) -> str:
-    """Replace ``<n>`` (a 0-based index a rule captured) by ``n + 1``."""
-    return re.sub(r"<(\d+)>", lambda m: str(int(m.group(1)) + 1), key)
 
 
 CHANGER_HEAD: list[Rule] = [
@@ -156,15 +76,6 @@ def _fcsn() -> list[Rule]:
     return rules
 
 
-def _conv_module(src: str, dst: str) -> list[Rule]:
-    """An mmcv ``ConvModule`` (``conv``, ``bn``) at ``src`` -> a ``Sequential(conv, bn, ...)``."""
-    rest = r"(?P<rest>.*)"
-    return [
-        (rf"{src}\.conv\.{rest}", rf"{dst}.0.\g<rest>"),
-        (rf"{src}\.bn\.{rest}", rf"{dst}.1.\g<rest>"),
-    ]
-
-
 CHANGESTAR_MIXIN: list[Rule] = [
     (r"decode_head\.changemixin\.convs\.0\.(.*)", r"mixin.\1"),
     (r"decode_head\.conv_seg\.(.*)", r"classifier.1.\1"),
@@ -179,12 +90,12 @@ def _farseg() -> list[Rule]:
         (r"neck\.lateral_convs\.(\d)\.conv\.(.*)", r"body.laterals.\1.\2"),
         (r"neck\.fpn_convs\.(\d)\.conv\.(.*)", r"body.smooth.\1.\2"),
         (fsr + r"scene_encoder\.(.*)", r"body.scene_encoders.\1"),
-        *_conv_module(fsr + r"content_encoders\.(\d)\.0", r"body.content_encoders.\1"),
-        *_conv_module(fsr + r"feature_reencoders\.(\d)\.0", r"body.reencoders.\1"),
+        *conv_module(fsr + r"content_encoders\.(\d)\.0", r"body.content_encoders.\1"),
+        *conv_module(fsr + r"feature_reencoders\.(\d)\.0", r"body.reencoders.\1"),
     ]
     for j in range(3):
         src = rf"decode_head\.seg_head\._decoder\.blocks\.(\d)\.{j}\.0"
-        rules += _conv_module(src, rf"body.decoders.\1.{2 * j}")
+        rules += conv_module(src, rf"body.decoders.\1.{2 * j}")
     return rules + CHANGESTAR_MIXIN
 
 
@@ -192,11 +103,11 @@ def _upernet() -> list[Rule]:
     """ChangeStar UPerNet: mmseg's UPerHead (PPM, laterals, FPN convs) -> ``body``."""
     head = r"decode_head\.seg_head\."
     return [
-        *_conv_module(head + r"psp_modules\.(\d)\.1", r"body.pools.\1.1"),
-        *_conv_module(head + r"bottleneck", r"body.pool_fuse"),
-        *_conv_module(head + r"lateral_convs\.(\d)", r"body.laterals.\1"),
-        *_conv_module(head + r"fpn_convs\.(\d)", r"body.smooth.\1"),
-        *_conv_module(head + r"fpn_bottleneck", r"body.fuse"),
+        *conv_module(head + r"psp_modules\.(\d)\.1", r"body.pools.\1.1"),
+        *conv_module(head + r"bottleneck", r"body.pool_fuse"),
+        *conv_module(head + r"lateral_convs\.(\d)", r"body.laterals.\1"),
+        *conv_module(head + r"fpn_convs\.(\d)", r"body.smooth.\1"),
+        *conv_module(head + r"fpn_bottleneck", r"body.fuse"),
         *CHANGESTAR_MIXIN,
     ]
 
@@ -205,20 +116,20 @@ def _cgnet() -> list[Rule]:
     """CGNet: VGG stages, reductions and the change-guide modules (deepest first in cdkd)."""
     rules: list[Rule] = [
         (r"backbone\.(?:inc|down\d)\.(\d+)\.(.*)", r"encoder.\1.\2"),
-        *_conv_module(r"backbone\.up_layer(\d)", r"unused.up_layer\1"),
-        *_conv_module(r"backbone\.decoder\.0", "prior_head.0"),
+        *conv_module(r"backbone\.up_layer(\d)", r"unused.up_layer\1"),
+        *conv_module(r"backbone\.decoder\.0", "prior_head.0"),
         (r"backbone\.decoder\.1\.(.*)", r"prior_head.1.\1"),
-        *_conv_module(r"backbone\.decoder_final\.0", "head.0"),
+        *conv_module(r"backbone\.decoder_final\.0", "head.0"),
         (r"backbone\.decoder_final\.1\.(.*)", r"head.1.\1"),
     ]
     for level in (1, 2, 3, 4):
-        rules += _conv_module(rf"backbone\.conv_reduce_{level}", f"reduce.{level - 1}")
+        rules += conv_module(rf"backbone\.conv_reduce_{level}", f"reduce.{level - 1}")
     for level in (2, 3, 4):
         rules.append((rf"backbone\.cgm_{level}\.gamma", f"guides.{4 - level}.gamma"))
         rules.append(
             (rf"backbone\.cgm_{level}\.(query|key|value)_conv\.(.*)", rf"guides.{4 - level}.\1.\2")
         )
-        rules += _conv_module(rf"backbone\.decoder_module{level}", f"decoder.{4 - level}")
+        rules += conv_module(rf"backbone\.decoder_module{level}", f"decoder.{4 - level}")
     return rules
 
 
@@ -316,9 +227,9 @@ def _lightcdnet() -> list[Rule]:
         (r"backbone\.fusion_conv\.final_conv\.(.*)", r"fusion.merge.\1"),
         (r"neck\.lateral_convs\.(\d)\.conv\.(.*)", r"fpn.laterals.\1.\2"),
         (r"neck\.fpn_convs\.(\d)\.conv\.(.*)", r"fpn.smooth.\1.\2"),
-        *_conv_module(r"decode_head\.scale_heads\.(\d)\.0", r"scale_heads.\1"),
+        *conv_module(r"decode_head\.scale_heads\.(\d)\.0", r"scale_heads.\1"),
         (r"decode_head\.conv_seg\.(.*)", r"classifier.\1"),
-        *_conv_module(r"auxiliary_head\.convs\.0", "aux_head.0"),
+        *conv_module(r"auxiliary_head\.convs\.0", "aux_head.0"),
         (r"auxiliary_head\.conv_seg\.(.*)", r"aux_head.1.\1"),
     ]
     for unit in range(_LIGHTCDNET_FUSION_UNITS):
@@ -336,106 +247,10 @@ def _lightcdnet() -> list[Rule]:
     return rules
 
 
-def _mmseg_vit(src: str, dst: str) -> list[Rule]:
-    """mmseg's VisionTransformer below ``src`` -> timm's below ``dst``: ``layers.N`` are the
-    blocks, ``ln1``/``ln2`` their norms, the attention's ``in_proj`` timm's fused ``qkv``."""
-    rules: list[tuple[str, str]] = [
-        (r"(cls_token|pos_embed)", r"\1"),
-        (r"patch_embed\.projection\.(.*)", r"patch_embed.proj.\1"),
-        (r"ln_pre\.(.*)", r"norm_pre.\1"),
-        (r"layers\.(\d+)\.ln([12])\.(.*)", r"blocks.\1.norm\2.\3"),
-        (r"layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)", r"blocks.\1.attn.qkv.\2"),
-        (r"layers\.(\d+)\.attn\.attn\.out_proj\.(.*)", r"blocks.\1.attn.proj.\2"),
-        (r"layers\.(\d+)\.ffn\.layers\.0\.0\.(.*)", r"blocks.\1.mlp.fc1.\2"),
-        (r"layers\.(\d+)\.ffn\.layers\.1\.(.*)", r"blocks.\1.mlp.fc2.\2"),
-    ]
-    return [(re.escape(src) + pattern, dst + repl) for pattern, repl in rules]
-
-
-def _mix_ffn(src: str, dst: str) -> list[Rule]:
-    """An mmseg-style MixFFN (``layers.0/1/4``: 1x1, depthwise 3x3, 1x1) -> ``fc1/pos/fc2``."""
-    rest = r"(?P<rest>.*)"
-    return [
-        (rf"{src}\.layers\.0\.{rest}", rf"{dst}.fc1.\g<rest>"),
-        (rf"{src}\.layers\.1\.{rest}", rf"{dst}.pos.\g<rest>"),
-        (rf"{src}\.layers\.4\.{rest}", rf"{dst}.fc2.\g<rest>"),
-    ]
-
-
-def _ban() -> list[Rule]:
-    """BAN: the frozen ViT, the Bi-TAB (an mmseg MiT and the bridges ``conv_clips`` +
-    ``clip_attns``) and the MLP decoder."""
-    side = r"decode_head\.side_adapter_network\."
-    decoder = r"decode_head\.mask_decoder\."
-    return [
-        *_mmseg_vit("image_encoder.", "encoder."),
-        *mit_rules("decode_head.side_adapter_network.side_encoder.", "branch.mit."),
-        (side + r"conv_clips\.(\d)\.0\.(.*)", r"branch.bridges.\1.project.0.\2"),
-        (side + r"conv_clips\.(\d)\.1\.conv\.(.*)", r"branch.bridges.\1.project.1.\2"),
-        (side + r"clip_attns\.(\d)\.(norm[12])\.(.*)", r"branch.bridges.\1.\2.\3"),
-        (side + r"clip_attns\.(\d)\.attn\.attn\.(.*)", r"branch.bridges.\1.attn.\2"),
-        *_mix_ffn(side + r"clip_attns\.(\d)\.ffn", r"branch.bridges.\1.ffn"),
-        *_conv_module(decoder + r"convs\.(\d)", r"decoder.levels.\1"),
-        *_conv_module(decoder + r"fusion_conv", "decoder.fuse"),
-        *_mix_ffn(decoder + "discriminator", "decoder.discriminator"),
-        (decoder + r"conv_seg\.(.*)", r"decoder.classifier.\1"),
-    ]
-
-
-def _ban_reshape(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """:func:`mit_reshape` for the side branch only (the bridges keep ``in_proj``)."""
-    mit = {k: v for k, v in state.items() if k.startswith("branch.mit.")}
-    rest = {k: v for k, v in state.items() if k not in mit}
-    return {**rest, **mit_reshape(mit)}
-
-
-def _ttp() -> list[Rule]:
-    """TTP: mmpretrain's SAM encoder under peft (``base_model.model``; LoRA as ``lora_A/B``
-    ``.default``, the wrapped qkv as ``base_layer``), its time gates (in windowed blocks), the
-    SAM neck ``channel_reduction``, the SimpleFPN and the MLP head."""
-    sam = r"backbone\.vision_encoder\.base_model\.model\."
-    block = sam + r"layers\.(\d+)\."
-    fpn = r"neck\.necks\.1\."
-    return [
-        (sam + r"pos_embed", "encoder.pos_embed"),
-        (sam + r"patch_embed\.projection\.(.*)", r"encoder.patch_embed.proj.\1"),
-        (block + r"ln([12])\.(.*)", r"encoder.blocks.\1.block.norm\2.\3"),
-        (block + r"attn\.(rel_pos_[hw])", r"encoder.blocks.\1.block.attn.\2"),
-        (block + r"attn\.qkv\.base_layer\.(.*)", r"encoder.blocks.\1.block.attn.qkv.base.\2"),
-        (
-            block + r"attn\.qkv\.lora_A\.default\.(.*)",
-            r"encoder.blocks.\1.block.attn.qkv.lora_a.\2",
-        ),
-        (
-            block + r"attn\.qkv\.lora_B\.default\.(.*)",
-            r"encoder.blocks.\1.block.attn.qkv.lora_b.\2",
-        ),
-        (block + r"attn\.proj\.(.*)", r"encoder.blocks.\1.block.attn.proj.\2"),
-        (block + r"ffn\.layers\.0\.0\.(.*)", r"encoder.blocks.\1.block.mlp.fc1.\2"),
-        (block + r"ffn\.layers\.1\.(.*)", r"encoder.blocks.\1.block.mlp.fc2.\2"),
-        (block + r"(down_channel|soft_ffn)\.(.*)", r"encoder.blocks.\1.gate.\2.\3"),
-        (sam + r"channel_reduction\.(.*)", r"encoder.neck.\1"),
-        (fpn + r"fpn1\.(.*)", r"fpn.up4.\1"),
-        (fpn + r"fpn2\.0\.(.*)", r"fpn.up2.\1"),
-        (fpn + r"lateral_convs\.(\d)\.conv\.(.*)", r"fpn.lateral.\1.0.\2"),
-        (fpn + r"lateral_convs\.(\d)\.ln\.(.*)", r"fpn.lateral.\1.1.\2"),
-        (fpn + r"fpn_convs\.(\d)\.conv\.(.*)", r"fpn.output.\1.0.\2"),
-        (fpn + r"fpn_convs\.(\d)\.ln\.(.*)", r"fpn.output.\1.1.\2"),
-        *_conv_module(r"decode_head\.convs\.(\d)", r"head.levels.\1"),
-        *_conv_module(r"decode_head\.fusion_conv", "head.fuse"),
-        (r"decode_head\.conv_seg\.(.*)", r"head.classifier.\1"),
-    ]
-
-
-def _ttp_reshape(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The gates' 1x1 convolution kernels as the linear layers' ``[out, in]`` weights."""
-    return {k: v.flatten(1) if ".gate." in k and v.ndim == 4 else v for k, v in state.items()}
-
-
 MAPPINGS: dict[str, NetworkMap] = {
-    "ban_vit_b": NetworkMap(_ban(), _ban_reshape),
-    "ban_vit_b_in21k": NetworkMap(_ban(), _ban_reshape),
-    "ban_vit_l": NetworkMap(_ban(), _ban_reshape),
+    "ban_vit_b": NetworkMap(ban_rules(), ban_reshape),
+    "ban_vit_b_in21k": NetworkMap(ban_rules(), ban_reshape),
+    "ban_vit_l": NetworkMap(ban_rules(), ban_reshape),
     "changestar_farseg": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _farseg()),
     "changestar_upernet": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + _upernet()),
     "fc_ef": NetworkMap(_fcsn()),
@@ -477,7 +292,7 @@ MAPPINGS: dict[str, NetworkMap] = {
     "changer_b1": NetworkMap(mit_rules("backbone.", "backbone.") + CHANGER_HEAD, mit_reshape),
     "changer_r18": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + CHANGER_HEAD),
     "changer_s50": NetworkMap(prefixed("backbone.", "backbone.", RESNET_V1C) + CHANGER_HEAD),
-    "ttp_sam_l": NetworkMap(_ttp(), _ttp_reshape),
+    "ttp_sam_l": NetworkMap(ttp_rules(), ttp_reshape),
     "tinycd": NetworkMap(
         [
             *_efficientnet_stages(),
