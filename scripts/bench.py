@@ -44,8 +44,9 @@ from cdkd.metrics import ChangeMetrics
 from cdkd.models import create_model, get_entry
 from cdkd.ops import resize_logits
 from cdkd.partition import PartitionScheme, change_area_ratio
-from cdkd.training.distill import DistillationModule, route
+from cdkd.training.distill import DistillationModule
 from cdkd.training.module import ChangeDetectionModule
+from cdkd.training.routing import route
 
 PARTITION = {"name": "three", "thresholds": [0.05, 0.2], "buckets": ["small", "medium", "large"]}
 #: CAR of each sample in the benchmark batch (cycled): every teacher gets some samples.

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from cdkd.errors import CheckpointError
 from cdkd.models import ChangeModel
 from cdkd.training.checkpoints import load_network
-from cdkd.training.distill import DistillationModule, align_logits, route
+from cdkd.training.distill import DistillationModule, align_logits
+from cdkd.training.routing import route
 from tests.factories import THREE, TWO, run_tool, save_checkpoint
 
 SIZE = 32

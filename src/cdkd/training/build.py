@@ -12,9 +12,11 @@ from omegaconf import DictConfig
 from cdkd.config import plain
 from cdkd.errors import ConfigError
 from cdkd.models.pretrained import random_parts, resolve_all
+from cdkd.runs.layout import teacher_checkpoints
 from cdkd.runs.meta import CheckpointMeta, PartitionMeta, Source
-from cdkd.training.distill import DistillationModule, check_car_rule
+from cdkd.training.distill import SINGLE, DistillationModule
 from cdkd.training.module import ChangeDetectionModule
+from cdkd.training.routing import check_car_rule
 from cdkd.training.schedule import Schedule
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,24 @@ def pretrained_files(cfg: DictConfig) -> dict[str, Path]:
     return files
 
 
+def distill_teachers(cfg: DictConfig) -> dict[str, Path]:
+    """The student's teachers: each bucket's (:func:`teacher_checkpoints`), or for
+    ``distill.routing=single`` the one of ``distill.teachers.all`` (M_O itself when
+    ``distill.single_teacher=init``)."""
+    distill = cfg.distill
+    if distill.get("routing", "car") != "single":
+        return teacher_checkpoints(cfg)
+    if distill.get("single_teacher") == "init":
+        return {SINGLE: Path(distill.init)}
+    return {SINGLE: Path((distill.teachers or {})[SINGLE])}
+
+
+def single_from_init(cfg: DictConfig) -> bool:
+    """Whether the student distils from M_O itself (its teacher is of the student's model)."""
+    distill = cfg.distill
+    return bool(distill.get("routing") == "single" and distill.get("single_teacher") == "init")
+
+
 def checkpoint_meta(cfg: DictConfig, teachers: Mapping[str, Path] | None = None) -> CheckpointMeta:
     """The record the run writes into its checkpoints; the student's sources are hashed here."""
     model = cfg.model
@@ -63,7 +83,7 @@ def checkpoint_meta(cfg: DictConfig, teachers: Mapping[str, Path] | None = None)
         **common,
         distill_lambda=float(distill["lambda"]),
         car_rule=distill.get("car_rule", "paper"),
-        teacher_model=distill.teacher_model,
+        teacher_model=model.name if single_from_init(cfg) else distill.teacher_model,
         init=Source.hashed(distill.init),
         teachers={bucket: Source.hashed(path) for bucket, path in (teachers or {}).items()},
     )
@@ -112,6 +132,13 @@ def build_module(
             partition=meta.partition.to_dict(),
             teacher_model=meta.teacher_model,
             car_rule=check_car_rule(meta.car_rule),
+            distill_loss=cfg.distill.get("loss", "mse"),
+            routing=cfg.distill.get("routing", "car"),
+            temperature=float(cfg.distill.get("temperature", 1.0)),
+            soft_width=float(cfg.distill.get("soft_width", 0.02)),
+            ensemble_tau=float(cfg.distill.get("ensemble_tau", 0.05)),
+            dist_beta=float(cfg.distill.get("dist_beta", 1.0)),
+            dist_gamma=float(cfg.distill.get("dist_gamma", 1.0)),
             **common,
         )
     except ValueError as exc:

@@ -11,9 +11,10 @@ from cdkd.data.transforms import AUGMENTATIONS
 from cdkd.errors import ConfigError, DataError
 from cdkd.metrics import EMPTY_POLICIES
 from cdkd.partition import PartitionScheme
-from cdkd.training.distill import check_car_rule
+from cdkd.training.distill_losses import check_distill_loss
 from cdkd.training.losses import AVERAGES, DICE_KINDS, LOSSES
 from cdkd.training.module import NAN_POLICIES
+from cdkd.training.routing import check_car_rule, check_routing
 from cdkd.training.schedule import DECAYS, trainer_overrides
 
 #: ``resume``: continue from the last checkpoint when there is one (``auto``), always, or never.
@@ -88,14 +89,37 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.stage.kind == "distill":
         if number(cfg, "distill.lambda", float) < 0:
             raise ConfigError(f"distill.lambda = {cfg.distill['lambda']} must be >= 0")
-        try:
-            check_car_rule(str(cfg.distill.get("car_rule", "paper")))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+        check_distill_options(cfg)
     for key in ("max_steps", "distill_max_steps", "warmup_steps", "val_every"):
         if number(cfg, f"schedule.{key}", int) < (1 if key != "warmup_steps" else 0):
             raise ConfigError(f"schedule.{key} = {cfg.schedule[key]} is out of range")
     trainer_overrides(cfg)
+
+
+def check_distill_options(cfg: DictConfig) -> None:
+    """The student's loss, routing and their parameters (one line each)."""
+    distill = cfg.distill
+    try:
+        check_car_rule(str(distill.get("car_rule", "paper")))
+        check_distill_loss(str(distill.get("loss", "mse")))
+        routing = check_routing(str(distill.get("routing", "car")))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    for key in ("temperature", "soft_width", "ensemble_tau"):
+        value = number(cfg, f"distill.{key}", float)
+        if value is not None and value <= 0:
+            raise ConfigError(f"distill.{key} = {value} must be > 0")
+    for key in ("dist_beta", "dist_gamma"):
+        number(cfg, f"distill.{key}", float)
+    single = distill.get("single_teacher")
+    if single not in (None, "init"):
+        raise ConfigError(f"distill.single_teacher '{single}' must be init or null")
+    teachers = dict(distill.get("teachers") or {})
+    if routing == "single" and single is None and set(teachers) != {"all"}:
+        raise ConfigError(
+            "distill.routing=single takes distill.teachers={all: PATH} "
+            f"(or distill.single_teacher=init), not {sorted(teachers) or 'none'}"
+        )
 
 
 def check_splits(cfg: DictConfig, datamodule: Any) -> None:

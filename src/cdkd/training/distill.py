@@ -1,65 +1,38 @@
 """Multi-teacher knowledge distillation (MTKD): the student stage.
 
 Each training sample is routed, by the CAR of its *augmented* ground-truth label (ignore
-pixels excluded), to the teacher of its CAR partition. Every teacher runs once per step on
-just the samples routed to it, frozen and in inference mode; the student is trained with
+pixels excluded), to the teacher of its CAR partition (``distill.routing=car``, the paper; the
+other routings are in :mod:`cdkd.training.routing`). Every teacher runs at most once per step
+on just the samples routed to it, frozen and in inference mode; the student is trained with
 
     loss = task_loss + lambda * MSE(student head logits, teacher head logits)
 
 the MSE taken on raw logits at the student head's native resolution and averaged over
-elements. Routing indices are computed on the host before the batch is moved to the device,
-and the loss is checked and logged without reading it back (see
+elements (``distill.loss=mse``, the paper; the other losses are in
+:mod:`cdkd.training.distill_losses`). Routing indices are computed on the host before the
+batch is moved to the device, and the loss is checked and logged without reading it back (see
 :meth:`~cdkd.training.module.ChangeDetectionModule.guard_loss`), so a single-process step
 needs no device-to-host synchronisation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, get_args
+from collections.abc import Mapping
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from cdkd.models import ChangeModel
-from cdkd.models.checkpoint import read_hparams
+from cdkd.models.checkpoint import load_network, read_hparams
 from cdkd.ops import resize_logits
-from cdkd.partition import PartitionScheme, bucket_of, change_area_ratio
+from cdkd.partition import PartitionScheme
 from cdkd.training.checkpoints import load_teacher
+from cdkd.training.distill_losses import DistillLoss, check_distill_loss, distill_loss
 from cdkd.training.module import ChangeDetectionModule
+from cdkd.training.routing import CarRule, Plan, Routing, check_car_rule, check_routing, plan
 
-#: How a training sample's CAR picks its teacher: ``paper``, changed / valid pixels with
-#: ``CAR <= th`` in the lower bucket (equation (3), as partitioning and O-P); ``official``, the
-#: official code's training-time rule: every non-zero label pixel (rotation padding included)
-#: counts as change and ``CAR < th`` is in the lower bucket.
-CarRule = Literal["paper", "official"]
-CAR_RULES: tuple[CarRule, ...] = get_args(CarRule)
-
-
-def check_car_rule(car_rule: str) -> CarRule:
-    """Return ``car_rule`` if it is in :data:`CAR_RULES`; raise ``ValueError`` if not."""
-    if car_rule not in CAR_RULES:
-        raise ValueError(f"distill.car_rule '{car_rule}' must be one of {CAR_RULES}")
-    return car_rule
-
-
-def route(
-    mask: torch.Tensor, thresholds: Sequence[float], car_rule: CarRule = "paper"
-) -> tuple[torch.Tensor, list[int]]:
-    """Order the batch by CAR bucket (see :data:`CAR_RULES`): ``(order, counts)``.
-
-    ``order`` lists sample positions grouped by bucket (stable within a bucket) and
-    ``counts[k]`` is the number of samples in bucket ``k``, as Python ints so that splitting
-    ``order`` on the device needs no synchronisation.
-    """
-    if car_rule == "official":
-        car = (mask.flatten(1) > 0).float().mean(1)
-        buckets = torch.bucketize(car, torch.as_tensor(thresholds, dtype=car.dtype), right=True)
-    else:
-        buckets = bucket_of(change_area_ratio(mask), thresholds)
-    order = torch.argsort(buckets, stable=True)
-    counts = torch.bincount(buckets, minlength=len(thresholds) + 1).tolist()
-    return order, counts
+#: The key of ``teachers`` that names the one teacher of ``distill.routing=single``.
+SINGLE = "all"
 
 
 def align_logits(
@@ -93,11 +66,21 @@ class DistillationModule(ChangeDetectionModule):
 
     Args:
         init: M_O checkpoint the student starts from (all weights, strictly).
-        teachers: checkpoint of each bucket's teacher, in the order of ``partition.buckets``.
+        teachers: checkpoint of each bucket's teacher, in the order of ``partition.buckets``;
+            for ``routing="single"``, ``{"all": checkpoint}`` (any checkpoint of
+            ``teacher_model``, M_O itself for self-distillation).
         distill_lambda: weight of the distillation term (0 trains on the task loss alone).
         teacher_model: registry name of the teachers (defaults to the student's).
         partition: the CAR scheme ``{name, thresholds, buckets}`` used for routing.
-        car_rule: how a sample's CAR is computed and compared for routing (:data:`CAR_RULES`).
+        car_rule: how a sample's CAR is computed and compared for routing
+            (:data:`~cdkd.training.routing.CAR_RULES`).
+        distill_loss: the distillation loss (:data:`~cdkd.training.distill_losses.DistillLoss`).
+        routing: which teachers distil which sample (:data:`~cdkd.training.routing.Routing`).
+        temperature: ``T`` of the ``kl``, ``cwd`` and ``dist`` losses.
+        soft_width: CAR distance to a threshold within which ``soft`` routing blends.
+        ensemble_tau: CAR distance scale of the ``ensemble`` routing's weights.
+        dist_beta: weight of DIST's inter-class term.
+        dist_gamma: weight of DIST's intra-class term.
         **kwargs: the arguments of :class:`ChangeDetectionModule`.
     """
 
@@ -109,24 +92,54 @@ class DistillationModule(ChangeDetectionModule):
         partition: Mapping[str, Any],
         teacher_model: str | None = None,
         car_rule: CarRule = "paper",
+        distill_loss: DistillLoss = "mse",
+        routing: Routing = "car",
+        temperature: float = 1.0,
+        soft_width: float = 0.02,
+        ensemble_tau: float = 0.05,
+        dist_beta: float = 1.0,
+        dist_gamma: float = 1.0,
         **kwargs: Any,
     ) -> None:
         if distill_lambda < 0:
             raise ValueError(f"distill.lambda must be >= 0, got {distill_lambda}")
-        car_rule = check_car_rule(car_rule)  # a config value: refused before any file is read
+        for key, value in (
+            ("temperature", temperature),
+            ("soft_width", soft_width),
+            ("ensemble_tau", ensemble_tau),
+        ):
+            if not value > 0:
+                raise ValueError(f"distill.{key} must be > 0, got {value}")
+        # config values: refused before any file is read
+        car_rule, routing = check_car_rule(car_rule), check_routing(routing)
+        distill_loss = check_distill_loss(distill_loss)
         model = kwargs["model"]
         read_hparams(init, expected_model=model)
         super().__init__(**{**kwargs, "weights": init})
         self.car_rule = car_rule
         self.distill_lambda = float(distill_lambda)
+        self.loss_kind: DistillLoss = distill_loss
+        self.routing: Routing = routing
+        self.temperature, self.soft_width = float(temperature), float(soft_width)
+        self.ensemble_tau = float(ensemble_tau)
+        self.dist_beta, self.dist_gamma = float(dist_beta), float(dist_gamma)
         self.scheme = PartitionScheme.create(
             partition["name"], partition["thresholds"], partition["buckets"]
         )
+        teacher_model = teacher_model or model
+        if routing == "single":
+            if SINGLE not in teachers:
+                raise ValueError(f"routing=single needs distill.teachers={{{SINGLE}: PATH}}")
+            self.teachers: list[ChangeModel] = [
+                load_network(teachers[SINGLE], expected_model=teacher_model)
+                .eval()
+                .requires_grad_(False)
+            ]
+            return
         missing = [b for b in self.scheme.buckets if b not in teachers]
         if missing:
             raise ValueError(f"no teacher checkpoint for bucket(s) {missing}")
-        teacher_model = teacher_model or model
-        self.teachers: list[ChangeModel] = [
+        self.teachers = [
             load_teacher(teachers[b], teacher_model, self.scheme, b).eval().requires_grad_(False)
             for b in self.scheme.buckets
         ]
@@ -140,24 +153,43 @@ class DistillationModule(ChangeDetectionModule):
             if self.hparams.get("compile"):
                 teacher.compile()
 
+    def route_batch(self, mask: torch.Tensor) -> Plan:
+        """The routing plan of a batch's labels (:func:`cdkd.training.routing.plan`)."""
+        return plan(
+            mask,
+            self.scheme.thresholds,
+            self.routing,
+            self.car_rule,
+            self.soft_width,
+            self.ensemble_tau,
+        )
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and isinstance(batch, dict):
-            batch["route_order"], batch["route_counts"] = route(
-                batch["mask"], self.scheme.thresholds, self.car_rule
-            )
+            order, counts, weights = self.route_batch(batch["mask"])
+            batch["route_order"], batch["route_counts"] = order, counts
+            if weights is not None:
+                batch["route_weights"] = weights
         return batch
 
     def distillation_loss(
         self, batch: Mapping[str, Any], student_logits: torch.Tensor
     ) -> torch.Tensor:
-        """MSE between student logits and the logits of each sample's routed teacher."""
+        """The distillation loss between student logits and each sample's routed target.
+
+        Each teacher runs once, on the samples it serves. With one teacher per sample
+        (``car``, ``single``) the target is that teacher's logits; otherwise it is the
+        weighted sum of the serving teachers' aligned logits.
+        """
         order: torch.Tensor | None = batch.get("route_order")
         counts: list[int] = batch.get("route_counts", [])
+        weights: torch.Tensor | None = batch.get("route_weights")
         if order is None:
-            order, counts = route(batch["mask"], self.scheme.thresholds, self.car_rule)
+            order, counts, weights = self.route_batch(batch["mask"])
             order = order.to(student_logits.device)
+            weights = None if weights is None else weights.to(student_logits.device)
         x1, x2 = batch["image1"], batch["image2"]
-        student_parts, teacher_parts = [], []
+        student_parts, teacher_parts, index_parts = [], [], []
         for k, idx in enumerate(torch.split(order, counts)):
             if counts[k] == 0:
                 continue
@@ -168,8 +200,24 @@ class DistillationModule(ChangeDetectionModule):
             )
             student_parts.append(s)
             teacher_parts.append(t)
-        student_all, teacher_all = torch.cat(student_parts), torch.cat(teacher_parts)
-        return F.mse_loss(student_all.float(), teacher_all.float())
+            index_parts.append(idx)
+        if weights is None:
+            student_all, teacher_all = torch.cat(student_parts), torch.cat(teacher_parts)
+        else:
+            student_all = align_logits(
+                student_logits, teacher_parts[0], self.net, self.teachers[0]
+            )[0]
+            weighted = torch.cat(teacher_parts).float() * weights.view(-1, 1, 1, 1)
+            teacher_all = torch.zeros_like(student_all, dtype=torch.float32)
+            teacher_all = teacher_all.index_add(0, torch.cat(index_parts), weighted)
+        return distill_loss(
+            self.loss_kind,
+            student_all,
+            teacher_all,
+            self.temperature,
+            self.dist_beta,
+            self.dist_gamma,
+        )
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         task, logits = self.task_loss(batch)

@@ -16,9 +16,9 @@ from cdkd.data.config import datamodule_from_config
 from cdkd.data.datamodule import process_batch_size
 from cdkd.errors import CdkdError
 from cdkd.files import write_text_atomic
-from cdkd.runs.layout import RunFolder, teacher_checkpoints
+from cdkd.runs.layout import RunFolder
 from cdkd.runs.lock import RunLock, leads_launch
-from cdkd.training.build import build_module, checkpoint_meta, pretrained_files
+from cdkd.training.build import build_module, checkpoint_meta, distill_teachers, pretrained_files
 from cdkd.training.checks import check_config, check_splits
 from cdkd.training.evaluation import evaluate_best
 from cdkd.training.provenance import write_provenance
@@ -73,7 +73,7 @@ def _train(cfg: DictConfig, files: dict[str, Path]) -> dict[str, Any]:
         log.info("%s: already finished (delete metrics.json or resume=false to redo)", run_dir)
         return finished
 
-    teachers = teacher_checkpoints(cfg) if cfg.stage.kind == "distill" else None
+    teachers = distill_teachers(cfg) if cfg.stage.kind == "distill" else None
     meta = checkpoint_meta(cfg, teachers)  # hashes the student's sources
     module = build_module(cfg, schedule, meta, files)
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # Lightning sets it on import
