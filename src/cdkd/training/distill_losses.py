@@ -71,8 +71,9 @@ def _pearson_distance(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tenso
     """``1 - pearson(a, b)`` along ``dim``."""
     a = a - a.mean(dim, keepdim=True)
     b = b - b.mean(dim, keepdim=True)
-    cos = (a * b).sum(dim) / (a.norm(dim=dim) * b.norm(dim=dim) + _EPS)
-    return torch.ones_like(cos) - cos
+    norms = torch.linalg.vector_norm(a, dim=dim) * torch.linalg.vector_norm(b, dim=dim)
+    cos: torch.Tensor = (a * b).sum(dim) / (norms + _EPS)
+    return 1.0 - cos
 
 
 def dist_loss(
