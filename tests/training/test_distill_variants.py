@@ -14,7 +14,7 @@ from cdkd.errors import ConfigError
 from cdkd.training.checks import check_config
 from cdkd.training.distill import DistillationModule, align_logits
 from cdkd.training.distill_losses import distill_loss
-from cdkd.training.routing import plan, route, teacher_weights
+from cdkd.training.routing import Routing, plan, route, teacher_weights
 from tests.factories import THREE, Composer, save_checkpoint, save_teachers
 
 SIZE = 32
@@ -124,8 +124,8 @@ SOFT = [
 ]
 
 
-def weights(routing: str, **kw: Any) -> torch.Tensor:
-    return teacher_weights(torch.tensor(CARS), TH, routing, soft_width=WIDTH, **kw)  # type: ignore[arg-type]
+def weights(routing: Routing, **kw: Any) -> torch.Tensor:
+    return teacher_weights(torch.tensor(CARS), TH, routing, soft_width=WIDTH, **kw)
 
 
 def test_soft_weights_at_and_around_the_thresholds() -> None:
