@@ -356,3 +356,20 @@ def test_student_trains_with_other_losses_and_routings(
     ]
     loss, routing = (o.split("=")[1] for o in options[:2])
     assert (hparams["distill_loss"], hparams["routing"]) == (loss, routing)
+
+
+def test_student_recorded_before_these_options_still_resumes(compose_config: Composer) -> None:
+    from omegaconf import OmegaConf
+
+    from cdkd.training.build import DISTILL_OPTIONS
+    from cdkd.training.resume import recipe_differences
+
+    current = OmegaConf.to_container(compose_config("train", "stage=student"))
+    assert isinstance(current, dict)
+    recorded = {**current, "distill": dict(current["distill"])}
+    for key in [*DISTILL_OPTIONS, "single_teacher"]:
+        del recorded["distill"][key]
+    assert recipe_differences(recorded, current) == []
+    changed = OmegaConf.to_container(compose_config("train", "stage=student", "distill.loss=kl"))
+    assert isinstance(changed, dict)
+    assert recipe_differences(recorded, changed) == ['distill.loss: null -> "kl"']

@@ -46,12 +46,32 @@ def pretrained_files(cfg: DictConfig) -> dict[str, Path]:
     return files
 
 
+#: ``distill.<key>`` -> the :class:`DistillationModule` argument it sets. The config leaves them
+#: null by default (the argument's default, the paper's method), so that a student run folder
+#: recorded before they existed still resumes (see :func:`cdkd.training.resume.check_recipe`).
+DISTILL_OPTIONS: dict[str, str] = {
+    "loss": "distill_loss",
+    "routing": "routing",
+    "temperature": "temperature",
+    "soft_width": "soft_width",
+    "ensemble_tau": "ensemble_tau",
+    "dist_beta": "dist_beta",
+    "dist_gamma": "dist_gamma",
+}
+
+
+def distill_options(cfg: DictConfig) -> dict[str, Any]:
+    """The student's loss and routing arguments that the config sets (not null)."""
+    values = {arg: cfg.distill.get(key) for key, arg in DISTILL_OPTIONS.items()}
+    return {arg: value for arg, value in values.items() if value is not None}
+
+
 def distill_teachers(cfg: DictConfig) -> dict[str, Path]:
     """The student's teachers: each bucket's (:func:`teacher_checkpoints`), or for
     ``distill.routing=single`` the one of ``distill.teachers.all`` (M_O itself when
     ``distill.single_teacher=init``)."""
     distill = cfg.distill
-    if distill.get("routing", "car") != "single":
+    if distill.get("routing") != "single":
         return teacher_checkpoints(cfg)
     if distill.get("single_teacher") == "init":
         return {SINGLE: Path(distill.init)}
@@ -132,13 +152,7 @@ def build_module(
             partition=meta.partition.to_dict(),
             teacher_model=meta.teacher_model,
             car_rule=check_car_rule(meta.car_rule),
-            distill_loss=cfg.distill.get("loss", "mse"),
-            routing=cfg.distill.get("routing", "car"),
-            temperature=float(cfg.distill.get("temperature", 1.0)),
-            soft_width=float(cfg.distill.get("soft_width", 0.02)),
-            ensemble_tau=float(cfg.distill.get("ensemble_tau", 0.05)),
-            dist_beta=float(cfg.distill.get("dist_beta", 1.0)),
-            dist_gamma=float(cfg.distill.get("dist_gamma", 1.0)),
+            **distill_options(cfg),
             **common,
         )
     except ValueError as exc:

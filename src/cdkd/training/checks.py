@@ -101,8 +101,8 @@ def check_distill_options(cfg: DictConfig) -> None:
     distill = cfg.distill
     try:
         check_car_rule(str(distill.get("car_rule", "paper")))
-        check_distill_loss(str(distill.get("loss", "mse")))
-        routing = check_routing(str(distill.get("routing", "car")))
+        check_distill_loss(str(distill.get("loss") or "mse"))
+        routing = check_routing(str(distill.get("routing") or "car"))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     for key in ("temperature", "soft_width", "ensemble_tau"):
