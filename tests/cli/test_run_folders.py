@@ -293,6 +293,7 @@ def test_a_full_disk_at_a_change_map_is_one_line(
     assert list(out.parent.iterdir()) == []
 
 
+@pytest.mark.slow  # ~20 s of ONNX export; the other writers cover the default suite
 def test_a_full_disk_at_an_onnx_export_is_one_line(
     tmp_path: Path, fails_with_one_line: Callable[..., str], full_disk_for: Callable[[str], None]
 ) -> None:

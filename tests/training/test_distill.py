@@ -337,6 +337,7 @@ def test_student_steps_never_synchronise_the_gpu(checkpoints: dict[str, Any]) ->
     assert _fit_student(checkpoints, sync_is_an_error, "gpu", whole_step=True) == [0, 1, 2, 3]
 
 
+@pytest.mark.slow  # ~20 s; two-process DDP is covered by tests/system/test_multigpu.py
 def test_student_trains_under_two_process_ddp(checkpoints: dict[str, Any]) -> None:
     import json
 

@@ -410,7 +410,7 @@ with open(f"rank{trainer.global_rank}.json", "w") as out:
 """
 
 
-@pytest.mark.parametrize("policy", ["skip", "stop"])
+@pytest.mark.parametrize("policy", [pytest.param("skip", marks=pytest.mark.slow), "stop"])
 def test_a_non_finite_loss_on_one_ddp_process_is_decided_by_all(
     tmp_path: Path, policy: str
 ) -> None:

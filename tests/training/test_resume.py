@@ -178,6 +178,7 @@ def test_killed_student_resumes_to_the_same_weights(
     )
 
 
+@pytest.mark.slow  # ~60 s; the single-process resume test covers the default suite
 def test_killed_ddp_run_resumes_to_the_same_weights(
     tmp_path: Path, train_here: Callable[..., None]
 ) -> None:
