@@ -11,6 +11,7 @@ from cdkd.runs.layout import (
     DEFAULT_SEED,
     RunFolder,
     RunLayout,
+    distill_variant,
     model_results,
     results_across_models,
     seeded,
@@ -145,3 +146,38 @@ def test_the_default_seed_of_the_layout_is_the_training_configs(compose_config: 
     assert compose_config("train").seed == DEFAULT_SEED
     assert seeded(Path("/r/baseline"), DEFAULT_SEED) == Path("/r/baseline")
     assert seeded(Path("/r/baseline"), 7) == Path("/r/baseline-seed7")
+
+
+def test_each_distillation_recipe_has_its_own_student_folders(
+    tmp_path: Path, compose_config: Composer
+) -> None:
+    """Recipes other than the paper's (loss, routing, teachers' architecture) get their own
+    students, student evaluations, results and analysis; the baseline, the teachers and the
+    evaluations of the original model and of O-P stay shared."""
+    runs = f"paths.runs_dir={tmp_path}"
+    model = tmp_path / "synthetic" / "tinycd"
+    recipes = {
+        (): "",
+        ("distill.loss=mse", "distill.routing=car"): "",
+        ("distill.loss=cwd",): "-cwd",
+        ("distill.loss=cwd", "distill.routing=soft"): "-cwd-soft",
+        ("distill.routing=single", "distill.single_teacher=init"): "-single-self",
+        ("distill.teacher_model=changer_b0",): "-from-changer_b0",
+    }
+    for recipe, variant in recipes.items():
+        student = compose_config("train", runs, "stage=student", "distill.lambda=0.01", *recipe)
+        teacher = compose_config("train", runs, "stage=teacher_s", *recipe)
+        mtkd = compose_config("eval", runs, "strategy=mtkd", *recipe)
+        op = compose_config("eval", runs, "strategy=op", *recipe)
+        analyze = compose_config("analyze", runs, *recipe)
+        assert Path(student.run_dir) == model / f"student{variant}" / "lambda_0.01"
+        assert Path(mtkd.selection) == model / f"student{variant}" / "selection.json"
+        assert Path(mtkd.out_dir) == model / "eval" / f"mtkd{variant}" / "test"
+        assert Path(analyze.out_dir) == model / f"analysis{variant}"
+        assert Path(teacher.run_dir) == model / "teacher_s"
+        assert Path(op.out_dir) == model / "eval" / "op" / "test"
+        assert Path(student.distill.init) == model / "baseline" / "best.ckpt"
+    cross = compose_config("train", runs, "stage=student", "distill.teacher_model=changer_b0")
+    assert Path(cross.distill.teacher_dir) == tmp_path / "synthetic" / "changer_b0"
+    assert distill_variant({"loss": "kl", "routing": "ensemble"}, "tinycd") == "-kl-ensemble"
+    assert distill_variant(None, "tinycd") == ""

@@ -96,7 +96,7 @@ class Analysis:
 
     def eval_folder(self, strategy: str) -> Path:
         """Where ``cdkd.eval`` wrote ``strategy`` for the configured split."""
-        return RunLayout(Path(self.cfg.model_dir), self.suffix).eval_dir(strategy, self.cfg.split)
+        return RunLayout.from_config(self.cfg).eval_dir(strategy, self.cfg.split)
 
     def per_image(self) -> dict[str, PerImage]:
         """``per_image.csv`` of every compared strategy, in image order of the first."""

@@ -252,7 +252,7 @@ def write_results(results: dict[str, Any], eval_cfg: DictConfig) -> Path:
     from cdkd.analysis.sweep import selection_markdown
     from cdkd.analysis.tables import strategy_markdown
 
-    stem = RunLayout(Path(eval_cfg.model_dir), str(eval_cfg.partition.run_suffix)).results
+    stem = RunLayout.from_config(eval_cfg).results
     test_title, val_title = titles(results)
     selection = results["lambda_selection"]
     markdown = strategy_markdown(results["rows"], test_title) + "\n"

@@ -6,16 +6,18 @@
     <runs>/<data>/<model>/                    RunLayout.model_dir
         baseline/                             M_O (one run folder, see RunFolder)
         teacher_s<suffix>/ ...                one per CAR bucket
-        student<suffix>/selection.json        the lambda chosen on validation
-        student<suffix>/lambda_<lambda>/      one student per lambda
+        student<suffix><variant>/selection.json       the lambda chosen on validation
+        student<suffix><variant>/lambda_<lambda>/     one student per lambda
         <stage folder>-seed<N>/               a stage trained with a seed other than 42
-        eval/<strategy><suffix>/<split>/      what cdkd.eval writes
-        analysis<suffix>/                     what cdkd.analyze writes for the model
+        eval/<strategy><suffix>/<split>/      what cdkd.eval writes (mtkd: + <variant>)
+        analysis<suffix><variant>/            what cdkd.analyze writes for the model
         multirun/                             Hydra multirun sweeps
-        results<suffix>.json|.md              the pipeline's Table III block
+        results<suffix><variant>.json|.md     the pipeline's Table III block
 
 ``<suffix>`` is the partition's ``run_suffix`` ("" for three teachers, "-two" for two), so
-runs of the two partitions never mix. Python asks :class:`RunLayout` and :class:`RunFolder`;
+runs of the two partitions never mix. ``<variant>`` names a distillation recipe other than
+the paper's (:func:`distill_variant`: "-cwd-soft", "-single-self", "-from-changer_b0"), so the
+students of different recipes, which share the baseline and the teachers, never mix either. Python asks :class:`RunLayout` and :class:`RunFolder`;
 the configs ask the ``layout`` resolver (``${layout:run_dir}``, ``${layout:best,baseline}``;
 see :func:`resolve`), registered by :mod:`cdkd.config`.
 """
@@ -31,6 +33,10 @@ from cdkd.errors import ConfigError
 
 BASELINE = "baseline"
 STUDENT = "student"
+#: The evaluation strategy that scores a student (its folder carries the recipe's variant).
+STUDENT_STRATEGY = "mtkd"
+#: The paper's distillation loss and routing: recipes with these get no variant suffix.
+PAPER_LOSS, PAPER_ROUTING = "mse", "car"
 #: File names (without ``.ckpt``) of the best-on-validation and the latest checkpoint.
 BEST, LAST = "best", "last"
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -93,12 +99,38 @@ class RunFolder:
         return self.path / "superseded" / stamp
 
 
+def distill_variant(distill: Mapping[str, Any] | None, model: str) -> str:
+    """The folder suffix of a distillation recipe: "" for the paper's, else its parts.
+
+    Parts, each only when it differs from the paper: the loss (``-cwd``), the routing
+    (``-soft``; ``-single-self`` when M_O distils itself), and the teachers' architecture when it
+    is not ``model``'s (``-from-changer_b0``). Options that refine a recipe (temperature,
+    widths) are not named: the recipe guard keeps a folder to one setting of them.
+    """
+    if not distill:
+        return ""
+    parts = []
+    loss, routing = distill.get("loss"), distill.get("routing")
+    if loss not in (None, PAPER_LOSS):
+        parts.append(str(loss))
+    if routing not in (None, PAPER_ROUTING):
+        parts.append(str(routing))
+        if routing == "single" and distill.get("single_teacher") == "init":
+            parts.append("self")
+    teacher_model = distill.get("teacher_model")
+    if teacher_model not in (None, model):
+        parts.append(f"from-{teacher_model}")
+    return "".join(f"-{part}" for part in parts)
+
+
 @dataclass(frozen=True)
 class RunLayout:
-    """Where one model's runs on one dataset live, for one partition (its run suffix)."""
+    """Where one model's runs on one dataset live, for one partition (its run suffix) and one
+    distillation recipe (its variant, which only the student side carries)."""
 
     model_dir: Path
     suffix: str = ""
+    variant: str = ""
 
     @classmethod
     def of(cls, runs_dir: str | Path, data: str, model: str, suffix: str = "") -> RunLayout:
@@ -107,16 +139,17 @@ class RunLayout:
 
     @classmethod
     def from_config(cls, cfg: Any, model: str | None = None) -> RunLayout:
-        """The layout a composed config points at (``paths``, ``data``, ``model``, ``partition``).
+        """The layout a composed config points at (``paths``, ``data``, ``model``, ``partition``
+        and, where the config has one, ``distill`` for the variant).
 
         ``model`` takes another model's runs (e.g. the teachers of cross-architecture
-        distillation).
+        distillation), without a variant.
         """
-        return cls.of(
-            cfg.paths.runs_dir,
-            cfg.data.name,
-            model or cfg.model.name,
+        distill = None if model else cfg.get("distill")
+        return cls(
+            Path(cfg.paths.runs_dir) / cfg.data.name / (model or cfg.model.name),
             str(cfg.partition.run_suffix or ""),
+            distill_variant(distill, cfg.model.name),
         )
 
     @property
@@ -143,7 +176,7 @@ class RunLayout:
     @property
     def student_root(self) -> Path:
         """The students' folder: one run per lambda and the selection among them."""
-        return self.model_dir / f"{STUDENT}{self.suffix}"
+        return self.model_dir / f"{STUDENT}{self.suffix}{self.variant}"
 
     def student_dir(self, lam: Any) -> Path:
         """The student run of distillation weight ``lam``, named as the config spells it."""
@@ -155,13 +188,14 @@ class RunLayout:
         return self.student_root / "selection.json"
 
     def eval_dir(self, strategy: str, split: str) -> Path:
-        """Where ``cdkd.eval`` writes ``strategy`` on ``split``."""
-        return self.model_dir / "eval" / f"{strategy}{self.suffix}" / split
+        """Where ``cdkd.eval`` writes ``strategy`` on ``split`` (the student's: per variant)."""
+        variant = self.variant if strategy == STUDENT_STRATEGY else ""
+        return self.model_dir / "eval" / f"{strategy}{self.suffix}{variant}" / split
 
     @property
     def analysis_dir(self) -> Path:
         """The model's figures and tables of ``cdkd.analyze``."""
-        return self.model_dir / f"analysis{self.suffix}"
+        return self.model_dir / f"analysis{self.suffix}{self.variant}"
 
     @property
     def multirun_dir(self) -> Path:
@@ -171,7 +205,7 @@ class RunLayout:
     @property
     def results(self) -> Path:
         """Stem of the pipeline's Table III block (``.json`` and ``.md``)."""
-        return self.model_dir / f"results{self.suffix}"
+        return self.model_dir / f"results{self.suffix}{self.variant}"
 
     def teacher_checkpoints(
         self, teacher_stages: Mapping[str, str], explicit: Mapping[str, Any] | None = None

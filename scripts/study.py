@@ -1,0 +1,298 @@
+"""The distillation study of ``docs/distillation.md``: every loss, routing and control, 3 seeds.
+
+For each model and seed it trains, with ``experiment=study`` (synthetic data, a short
+schedule), the baseline M_O, the three CAR-partition teachers and one student per recipe of
+:data:`RECIPES`, each initialised from that seed's M_O and taught by that seed's teachers; it
+evaluates O-P on test; then the cross-architecture case (``changer_b0`` teachers, a TinyCD
+student); and writes the table of per-image test mIoU (mean +- std over seeds) into
+``docs/distillation.md`` between its ``study`` markers, with the students' and teachers'
+size and CPU inference time measured side by side.
+
+Every run goes to ``<runs>/study/seed<N>/<model>/<folder>`` and is skipped when its
+``metrics.json`` exists, so an interrupted study continues where it stopped. Chains (one model
+and seed) run in ``--workers`` processes of one thread each; the cross-architecture chains
+come last, so their student's M_O (the TinyCD chain's baseline, its first run) exists.
+
+    python scripts/study.py                      # the full study (about an hour on 2 cores)
+    python scripts/study.py --tiny --seeds 0     # a smoke run of the whole machinery
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "distillation.md"
+BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+MODELS = ("tinycd", "fc_siam_diff")
+#: Cross-architecture distillation: (teachers' architecture, student's).
+CROSS = ("changer_b0", "tinycd")
+STAGES = {"small": "teacher_s", "medium": "teacher_m", "large": "teacher_l"}
+TINY = (
+    "data.root=${paths.data_dir}/synthetic-study-tiny",
+    "data.synthetic.counts={train: 24, val: 8, test: 8}",
+    "schedule.max_steps=4",
+    "schedule.distill_max_steps=2",
+    "schedule.warmup_steps=1",
+    "schedule.val_every=2",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One student: its folder, its row label and its ``distill`` overrides."""
+
+    folder: str
+    label: str
+    overrides: tuple[str, ...]
+
+
+#: The students of each chain. lambda: the paper's grid tops out at 1e-2 (MSE of logits, mean
+#: over elements); 1 is a strong MSE signal; the other losses use their papers' usual weights.
+RECIPES = (
+    Recipe("none", "no distillation (lambda=0, same steps)", ("distill.lambda=0",)),
+    Recipe("mse-1e-2", "MTKD: mse, car, lambda=1e-2 (paper)", ("distill.lambda=0.01",)),
+    Recipe("mse-1", "mse, car, lambda=1", ("distill.lambda=1",)),
+    Recipe("kl", "kl (T=1), car, lambda=1", ("distill.lambda=1", "distill.loss=kl")),
+    Recipe(
+        "cwd",
+        "cwd (T=4), car, lambda=3",
+        ("distill.lambda=3", "distill.loss=cwd", "distill.temperature=4"),
+    ),
+    Recipe("dist", "dist (T=1, beta=gamma=1), car, lambda=1", ("distill.lambda=1", "distill.loss=dist")),
+    Recipe("feature", "feature, car, lambda=1", ("distill.lambda=1", "distill.loss=feature")),
+    Recipe("soft", "mse, soft (width 0.02), lambda=1", ("distill.lambda=1", "distill.routing=soft")),
+    Recipe(
+        "ensemble",
+        "mse, ensemble (tau 0.05), lambda=1",
+        ("distill.lambda=1", "distill.routing=ensemble"),
+    ),
+    Recipe(
+        "single-self",
+        "mse, single teacher = M_O (self), lambda=1",
+        ("distill.lambda=1", "distill.routing=single", "distill.single_teacher=init"),
+    ),
+)
+#: Students of the cross-architecture case (teachers of CROSS[0], student CROSS[1]).
+CROSS_RECIPES = (RECIPES[1], RECIPES[2])
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One model and seed: the runs to make, in order."""
+
+    model: str
+    seed: int
+    runs: Path
+    base: tuple[str, ...]
+    skip: frozenset[str]
+    teacher_model: str | None = None
+
+    @property
+    def dir(self) -> Path:
+        return self.runs / f"seed{self.seed}" / self.model
+
+    def stage_dir(self, stage: str, model: str | None = None) -> Path:
+        return self.runs / f"seed{self.seed}" / (model or self.model) / stage
+
+
+def compose(name: str, overrides: Sequence[str]) -> Any:
+    """``conf/<name>.yaml`` with ``overrides``, as the command line composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from cdkd.config import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return hydra_compose(config_name=name, overrides=list(overrides))
+
+
+def train(chain: Chain, model: str, stage: str, folder: Path, extra: Sequence[str] = ()) -> None:
+    """Train one run into ``folder`` unless it has finished before."""
+    from cdkd.training.run import train as train_run
+
+    if (folder / "metrics.json").is_file():
+        return
+    overrides = [*chain.base, f"model={model}", f"seed={chain.seed}", f"stage={stage}"]
+    cfg = compose("train", [*overrides, "logger=none", f"run_dir={folder}", *extra])
+    print(f"[study] {model} seed {chain.seed}: {folder.name}", flush=True)
+    train_run(cfg)
+
+
+def teacher_overrides(chain: Chain, model: str) -> list[str]:
+    """``distill.init`` (the chain's M_O) and ``distill.teachers`` of ``model``'s runs."""
+    teachers = ", ".join(
+        f"{bucket}: '{chain.stage_dir(stage, model) / 'best.ckpt'}'"
+        for bucket, stage in STAGES.items()
+    )
+    return [
+        f"distill.init={chain.stage_dir('baseline') / 'best.ckpt'}",
+        f"distill.teachers={{{teachers}}}",
+        f"distill.teacher_model={model}",
+    ]
+
+
+def evaluate_op(chain: Chain, model: str) -> None:
+    """O-P of ``model``'s M_O and teachers on test, into ``<model>/op``."""
+    from cdkd.cli.eval import evaluate
+
+    out = chain.stage_dir("op", model)
+    if (out / "metrics.json").is_file():
+        return
+    overrides = [*chain.base, f"model={model}", "strategy=op", "split=test", f"out_dir={out}"]
+    teachers = teacher_overrides(Chain(model, chain.seed, chain.runs, chain.base, chain.skip), model)
+    evaluate(compose("eval", [*overrides, *teachers]))
+
+
+def run_chain(chain: Chain) -> str:
+    """Every run of ``chain`` (in one process of one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    teacher_model = chain.teacher_model or chain.model
+    recipes = CROSS_RECIPES if chain.teacher_model else RECIPES
+    for stage in ("baseline", *STAGES.values()):
+        train(chain, teacher_model, stage, chain.stage_dir(stage, teacher_model))
+    evaluate_op(chain, teacher_model)
+    for recipe in recipes:
+        if recipe.folder in chain.skip:
+            continue
+        folder = chain.dir / f"student-{recipe.folder}"
+        if chain.teacher_model:
+            folder = chain.dir / f"student-{recipe.folder}-from-{teacher_model}"
+        extra = [*teacher_overrides(chain, teacher_model), *recipe.overrides]
+        train(chain, chain.model, "student", folder, extra)
+    return f"{chain.model} seed {chain.seed}"
+
+
+def test_miou(folder: Path) -> float | None:
+    """Per-image test mIoU (%) of a run or an evaluation folder, if it finished."""
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    scores = data["test"]["per_image"] if "test" in data else data["per_image"]
+    return 100.0 * float(scores["mIoU"])
+
+
+def mean_std(values: list[float | None]) -> str:
+    """``mean +- std (n)`` of the finished values."""
+    done = [v for v in values if v is not None]
+    if not done:
+        return "-"
+    std = statistics.stdev(done) if len(done) > 1 else 0.0
+    return f"{statistics.mean(done):.2f} ± {std:.2f}" + (f" (n={len(done)})" if len(done) < 3 else "")
+
+
+def inference_ms(models: Sequence[str], size: int = 256, repeats: int = 15) -> dict[str, float]:
+    """Median CPU time (ms, one thread) of one forward of a ``size`` pair, models alternated."""
+    import torch
+
+    from cdkd.models import create_model
+
+    torch.set_num_threads(1)
+    nets = {name: create_model(name).eval() for name in models}
+    x = torch.randn(1, 3, size, size)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for step in range(repeats + 2):
+            for name, net in nets.items():
+                start = time.perf_counter()
+                net(x, x)
+                if step >= 2:
+                    times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def table(runs: Path, seeds: Sequence[int]) -> str:
+    """The study's markdown: the main table and the cross-architecture table."""
+    from cdkd.models import create_model
+    from cdkd.models.complexity import count_parameters
+
+    def row(label: str, folders: dict[str, str], models: Sequence[str]) -> str:
+        cells = [
+            mean_std([test_miou(runs / f"seed{s}" / m / folders[m]) for s in seeds])
+            for m in models
+        ]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines = [
+        "| recipe | " + " | ".join(MODELS) + " |",
+        "|---|" + "---|" * len(MODELS),
+        row("original M_O", dict.fromkeys(MODELS, "baseline"), MODELS),
+        row("O-P (M_O routes to a teacher)", dict.fromkeys(MODELS, "op"), MODELS),
+    ]
+    for recipe in RECIPES:
+        lines.append(row(recipe.label, dict.fromkeys(MODELS, f"student-{recipe.folder}"), MODELS))
+    teacher, student = CROSS
+    ms = inference_ms([teacher, student])
+    params = {m: count_parameters(create_model(m)) / 1e6 for m in (teacher, student)}
+    cross = [
+        "",
+        f"Cross-architecture: {teacher} teachers, {student} student "
+        "(per-image test mIoU %; size; median CPU time of one 256x256 pair, one thread, "
+        "the two networks alternated in one process):",
+        "",
+        "| network | role | test mIoU | params (M) | CPU ms / pair |",
+        "|---|---|---|---|---|",
+        f"| {teacher} | original M_O | {mean_std([test_miou(runs / f'seed{s}' / teacher / 'baseline') for s in seeds])} "
+        f"| {params[teacher]:.2f} | {ms[teacher]:.1f} |",
+        f"| {teacher} | O-P (M_O + teacher) | {mean_std([test_miou(runs / f'seed{s}' / teacher / 'op') for s in seeds])} "
+        f"| {2 * params[teacher]:.2f} (two run) | {2 * ms[teacher]:.1f} (two run) |",
+        f"| {student} | original M_O | {mean_std([test_miou(runs / f'seed{s}' / student / 'baseline') for s in seeds])} "
+        f"| {params[student]:.2f} | {ms[student]:.1f} |",
+    ]
+    for recipe in CROSS_RECIPES:
+        folder = f"student-{recipe.folder}-from-{teacher}"
+        values = [test_miou(runs / f"seed{s}" / student / folder) for s in seeds]
+        cross.append(
+            f"| {student} | student, {recipe.label} | {mean_std(values)} "
+            f"| {params[student]:.2f} | {ms[student]:.1f} |"
+        )
+    return "\n".join([*lines, *cross])
+
+
+def write_doc(text: str) -> None:
+    """Replace the study block of ``docs/distillation.md``."""
+    doc = DOC.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{DOC}: the {BEGIN} / {END} markers are missing")
+    head, rest = doc.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs", type=Path, default=Path(os.environ.get("CDKD_RUNS_DIR", "runs")) / "study")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip", nargs="*", default=[], help="recipe folders to leave out")
+    parser.add_argument("--tiny", action="store_true", help="a few steps on a tiny set (smoke)")
+    parser.add_argument("--no-doc", action="store_true", help="print the table, keep the doc")
+    args = parser.parse_args(argv)
+    base = ("experiment=study", *(TINY if args.tiny else ()))
+    skip = frozenset(args.skip)
+    chains = [Chain(m, s, args.runs, base, skip) for s in args.seeds for m in (CROSS[1], MODELS[1])]
+    chains += [Chain(CROSS[1], s, args.runs, base, skip, CROSS[0]) for s in args.seeds]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(args.workers, max_tasks_per_child=1) as pool:
+        for done in pool.map(run_chain, chains):
+            print(f"[study] done: {done} ({time.perf_counter() - started:.0f} s)", flush=True)
+    text = table(args.runs, args.seeds)
+    print(text)
+    if not args.no_doc:
+        write_doc(text)
+
+
+if __name__ == "__main__":
+    main()
