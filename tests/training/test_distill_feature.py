@@ -124,7 +124,7 @@ def reference_loss(
     with torch.no_grad():
         targets = [t.forward_features(data["image1"], data["image2"])[0] for t in module.teachers]
     car = data["mask"].flatten(1).float().mean(1)
-    w = teacher_weights(car, THREE["thresholds"], routing, soft_width=module.soft_width)  # type: ignore[arg-type]
+    w = teacher_weights(car, THREE["thresholds"], routing, soft_width=module.soft_width)
     target = sum(w[:, k].view(-1, 1, 1, 1) * targets[k] for k in range(3))
     assert isinstance(target, torch.Tensor)
     features, _ = module.net.forward_features(data["image1"], data["image2"])
