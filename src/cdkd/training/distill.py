@@ -99,6 +99,12 @@ class DistillationModule(ChangeDetectionModule):
     handed to the optimizer, nor wrapped by DDP (each rank holds a replica), and Lightning's
     ``train()`` calls leave them in eval mode.
 
+    The ``feature`` loss's adapter (built when the student's and the teachers' feature widths
+    differ) is, on the contrary, a sub-module of this module, beside the network: it is saved
+    under ``feature_adapter.*`` next to ``net.*`` (a resumed run restores it), trained by the
+    optimizer, and ignored by every reader of the network, which takes only ``net.*``
+    (:func:`cdkd.models.convert.formats.read_checkpoint`).
+
     Args:
         init: M_O checkpoint the student starts from (all weights, strictly).
         teachers: checkpoint of each bucket's teacher, in the order of ``partition.buckets``;
