@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -27,6 +29,8 @@ class ChangeModel(nn.Module):
     #: directly (e.g. for distillation) when this and the channel count agree; "distance"
     #: marks a metric-learning head (STANet) whose output is not a logit.
     output_space: ClassVar[str] = "logits"
+    #: Dotted name of the submodule whose (first) input is the feature map; each network sets it.
+    feature_module: ClassVar[str] = ""
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -36,6 +40,60 @@ class ChangeModel(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Main logits plus the logits of any auxiliary (deep-supervision) heads."""
         return self(x1, x2), []
+
+    def feature_input(self, args: tuple[Any, ...]) -> torch.Tensor:
+        """The feature map among the feature module's positional inputs: the first."""
+        features: torch.Tensor = args[0]
+        return features
+
+    @property
+    def feature_channels(self) -> int:
+        """Width ``C_f`` of the feature map: the input width of the feature module's first
+        convolution (a network whose feature module has none overrides this)."""
+        module = self.get_submodule(self._feature_module_name())
+        conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+        if conv is None:
+            raise TypeError(f"{type(self).__name__}: no convolution in '{self.feature_module}'")
+        return conv.in_channels
+
+    def _feature_module_name(self) -> str:
+        if not self.feature_module:
+            raise TypeError(f"{type(self).__name__} names no feature_module")
+        return self.feature_module
+
+    @contextmanager
+    def capture_features(self) -> Iterator[list[torch.Tensor]]:
+        """Collect the feature map of every forward run inside the ``with`` block.
+
+        Yields a list that receives the feature module's input at each of its calls, in
+        order; a forward that also computes auxiliary logits with the same module (e.g.
+        ChangeStar's reverse direction) computes the main logits first, so the first entry
+        of a forward is the main head's.
+        """
+        captured: list[torch.Tensor] = []
+
+        def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
+            captured.append(self.feature_input(args))
+
+        module = self.get_submodule(self._feature_module_name())
+        handle = module.register_forward_pre_hook(grab)
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    def forward_features(
+        self, x1: torch.Tensor, x2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features, logits)`` of one forward: the head's input and ``forward(x1, x2)``."""
+        with self.capture_features() as captured:
+            logits = self(x1, x2)
+        if len(captured) != 1:
+            raise RuntimeError(
+                f"{type(self).__name__}: '{self.feature_module}' ran {len(captured)} times "
+                "in one forward"
+            )
+        return captured[0], logits
 
     def change_logit(self, logits: torch.Tensor) -> torch.Tensor:
         """Log-odds of change ``[B, 1, h, w]``: positive means "changed".

@@ -1,6 +1,7 @@
-"""Logit distillation losses (``distill.loss``), on student and target logits ``[B, C, H, W]``.
+"""Distillation losses (``distill.loss``), on student and target logits ``[B, C, H, W]``
+(``feature``: on feature maps).
 
-Both sides are at the student head's resolution and in the same space (see
+For the logit losses both sides are at the student head's resolution and in the same space (see
 :func:`~cdkd.training.distill.align_logits`). ``T`` is ``distill.temperature``. A 1-channel
 head carries the change log-odds ``z``; the class distribution of a pixel is then
 ``[1 - p, p]`` with ``p = sigmoid(z / T)``, the softmax of ``[0, z] / T``.
@@ -19,6 +20,19 @@ head carries the change log-odds ``z``; the class distribution of a pixel is the
   over the classes of each pixel, averaged over pixels; ``intra = 1 - pearson`` over the
   pixels of each sample, per class, averaged over classes and samples; the loss is
   ``T^2 * (beta * inter + gamma * intra)``.
+- ``feature``: hint-based feature distillation after FitNets (Romero et al., "FitNets: hints
+  for thin deep nets", ICLR 2015): the student's feature map entering its head
+  (:meth:`~cdkd.models.ChangeModel.forward_features`), through a learnable 1x1-conv regressor
+  when its width differs from the teacher's and bilinearly resized to the teacher's grid (see
+  :func:`~cdkd.training.distill.align_features`), regresses the teacher's. With
+  ``feature_norm=none`` the loss is ``mean((r(s) - t)^2)`` over samples, channels and
+  positions (FitNets' squared L2 hint loss, averaged so that its scale does not grow with the
+  width or the grid, like ``mse`` on logits). With ``feature_norm=l2`` each position's
+  feature vector is first divided by its L2 norm over the channels on both sides, and the
+  loss is ``mean over positions of ||r(s)^ - t^||^2 = 2 - 2 cos(r(s), t)``, in ``[0, 4]``:
+  networks of different families produce features of very different magnitudes (ReLU maps
+  versus layer-normalised tokens), and the normalised form matches directions only, so that
+  one ``lambda`` means the same across teachers.
 """
 
 from __future__ import annotations
@@ -29,8 +43,11 @@ import torch
 import torch.nn.functional as F
 
 #: ``distill.loss``: see the module docstring.
-DistillLoss = Literal["mse", "kl", "cwd", "dist"]
+DistillLoss = Literal["mse", "kl", "cwd", "dist", "feature"]
 DISTILL_LOSSES: tuple[DistillLoss, ...] = get_args(DistillLoss)
+#: ``distill.feature_norm`` of the ``feature`` loss: see the module docstring.
+FeatureNorm = Literal["none", "l2"]
+FEATURE_NORMS: tuple[FeatureNorm, ...] = get_args(FeatureNorm)
 #: Keeps Pearson's correlation finite for a constant vector.
 _EPS = 1e-8
 
@@ -40,6 +57,13 @@ def check_distill_loss(loss: str) -> DistillLoss:
     if loss not in DISTILL_LOSSES:
         raise ValueError(f"distill.loss '{loss}' must be one of {DISTILL_LOSSES}")
     return loss
+
+
+def check_feature_norm(norm: str) -> FeatureNorm:
+    """Return ``norm`` if it is in :data:`FEATURE_NORMS`; raise ``ValueError`` if not."""
+    if norm not in FEATURE_NORMS:
+        raise ValueError(f"distill.feature_norm '{norm}' must be one of {FEATURE_NORMS}")
+    return norm
 
 
 def class_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -91,6 +115,16 @@ def dist_loss(
     return temperature**2 * (beta * inter + gamma * intra)
 
 
+def feature_loss(
+    student: torch.Tensor, teacher: torch.Tensor, norm: FeatureNorm = "none"
+) -> torch.Tensor:
+    """FitNets' hint loss between aligned feature maps, plain or direction-only (``l2``)."""
+    if norm == "l2":
+        student, teacher = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
+        return (student - teacher).square().sum(1).mean()
+    return F.mse_loss(student, teacher)
+
+
 def distill_loss(
     kind: DistillLoss,
     student: torch.Tensor,
@@ -98,9 +132,12 @@ def distill_loss(
     temperature: float = 1.0,
     beta: float = 1.0,
     gamma: float = 1.0,
+    feature_norm: FeatureNorm = "none",
 ) -> torch.Tensor:
-    """The ``kind`` loss between aligned student and target logits (computed in float32)."""
+    """The ``kind`` loss between aligned student and target maps (computed in float32)."""
     student, teacher = student.float(), teacher.float()
+    if kind == "feature":
+        return feature_loss(student, teacher, feature_norm)
     if kind == "mse":
         return F.mse_loss(student, teacher)
     if kind == "kl":

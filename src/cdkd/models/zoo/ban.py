@@ -202,7 +202,8 @@ class BAN(ChangeModel):
     """BAN with a frozen timm ViT, a MiT Bi-TAB and a 2-channel (unchanged, changed) output.
 
     Distillation target: the decoder's logits at 1/4 of the input resolution (what
-    ``forward`` returns). The ViT is frozen (``requires_grad=False``, position embedding
+    ``forward`` returns); its feature map is the decoder's MixFFN output, before the
+    classifier's dropout. The ViT is frozen (``requires_grad=False``, position embedding
     included, as the JL1-CD configs' ``frozen_exclude=[]``) and keeps only the blocks up to its
     last tap, without final norm; the side branch, bridges and decoder train.
 
@@ -229,6 +230,7 @@ class BAN(ChangeModel):
             pass instead of storing their activations (the frozen ViT stores none).
     """
 
+    feature_module = "decoder.dropout"
     out_channels = 2
 
     def __init__(
@@ -274,3 +276,8 @@ class BAN(ChangeModel):
         levels = self.branch(images, fm_maps)
         levels1, levels2 = zip(*(level.chunk(2) for level in levels), strict=True)
         return self.decoder(levels1, levels2)
+
+    @property
+    def feature_channels(self) -> int:
+        """Width of the MixFFN output the classifier reads (its dropout has no weights)."""
+        return int(self.decoder.classifier.in_channels)

@@ -113,6 +113,7 @@ class BIT(ChangeModel):
     the tokenizer conv, a two-conv classifier).
     """
 
+    feature_module = "classifier"
     out_channels = 2
 
     def __init__(self) -> None:

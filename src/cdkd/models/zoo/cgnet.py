@@ -104,6 +104,7 @@ class CGNet(ChangeModel):
         aux_heads: also return the change prior from :meth:`forward_with_aux`.
     """
 
+    feature_module = "head"
     out_channels = 1
 
     def __init__(self, aux_heads: bool = False) -> None:

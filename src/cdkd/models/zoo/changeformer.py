@@ -137,6 +137,7 @@ class ChangeFormer(ChangeModel):
         channels: width of the decoder.
     """
 
+    feature_module = "head.classifier"
     out_channels = 2
 
     def __init__(self, variant: str = "mit_b0", channels: int = 256) -> None:

@@ -239,6 +239,7 @@ class Changer(ChangeModel):
         exchanges: interaction after each stage: ``none``, ``spatial`` or ``channel``.
     """
 
+    feature_module = "head.classifier"
     out_channels = 2
 
     def __init__(

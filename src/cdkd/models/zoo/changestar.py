@@ -183,6 +183,7 @@ class ChangeStar(ChangeModel):
         aux_heads: also return the t2->t1 logit from :meth:`forward_with_aux`.
     """
 
+    feature_module = "classifier"
     out_channels = 1
 
     def __init__(self, body: Body, aux_heads: bool = False) -> None:

@@ -58,6 +58,7 @@ class FullyConvCD(ChangeModel):
         fusion: how the dates are combined: ``early``, ``conc`` or ``diff`` (see module doc).
     """
 
+    feature_module = "head"
     out_channels = 2
 
     def __init__(self, fusion: Fusion) -> None:

@@ -150,6 +150,7 @@ class HANet(ChangeModel):
         base_channels: width of the first scale; scale ``i`` has ``base_channels * 2**i``.
     """
 
+    feature_module = "head"
     out_channels = 2
 
     def __init__(self, base_channels: int = 40) -> None:

@@ -118,6 +118,7 @@ class IFN(ChangeModel):
         aux_heads: return the four side outputs from :meth:`forward_with_aux`.
     """
 
+    feature_module = "head"
     out_channels = 1
 
     def __init__(self, aux_heads: bool = False) -> None:

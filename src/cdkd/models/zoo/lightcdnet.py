@@ -149,6 +149,7 @@ class LightCDNet(ChangeModel):
             on the fused stride-2 map; Open-CD weights its cross-entropy by 0.4).
     """
 
+    feature_module = "classifier"
     out_channels = 2
 
     def __init__(self, aux_heads: bool = False) -> None:

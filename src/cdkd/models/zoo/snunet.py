@@ -62,6 +62,7 @@ class SNUNet(ChangeModel):
         base_channels: width of level 0; level ``i`` has ``base_channels * 2**i`` channels.
     """
 
+    feature_module = "head"
     out_channels = 2
 
     def __init__(self, base_channels: int = 16) -> None:

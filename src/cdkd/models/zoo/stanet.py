@@ -11,6 +11,8 @@ batch-balanced contrastive loss (loss kind ``bcl``), where a distance above 1 me
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,15 @@ EMBED_CHANNELS = 256
 FUSE_DROPOUT = 0.5
 #: A distance above this is a change (Open-CD's ``distance_threshold``).
 DISTANCE_THRESHOLD = 1.0
+
+
+class Distance(nn.Module):
+    """Per-pixel Euclidean distance between two ``[B, C, H, W]`` embeddings, ``[B, 1, H, W]``."""
+
+    def forward(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
+        # pairwise_distance adds 1e-6 to the difference, keeping the gradient finite at 0.
+        distance = F.pairwise_distance(e1.movedim(1, -1), e2.movedim(1, -1), keepdim=True)
+        return distance.movedim(-1, 1)
 
 
 @register_model(
@@ -54,8 +65,12 @@ class STANet(ChangeModel):
     Deliberate deviation: Open-CD thresholds the 1/4-resolution distance map and then resizes
     the resulting +-100 map to the label size; here the distance map is resized first and then
     thresholded (the usual path for every model), which can move a boundary by a pixel.
+
+    STANet has no classification layer: its feature map (:meth:`forward_features`) is the
+    difference ``e1 - e2`` of the dates' embeddings, whose per-pixel norm is the output.
     """
 
+    feature_module = "distance"
     out_channels = 1
     output_space = "distance"
 
@@ -71,6 +86,7 @@ class STANet(ChangeModel):
             nn.Dropout(FUSE_DROPOUT),
             fan_out_init(ConvNormAct(EMBED_CHANNELS, EMBED_CHANNELS, 3)),
         )
+        self.distance = Distance()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The ``[B, 256, H/4, W/4]`` embedding of one date."""
@@ -79,10 +95,17 @@ class STANet(ChangeModel):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         # Each date on its own, so training-mode BN statistics are per date as upstream.
-        e1, e2 = self.embed(x1), self.embed(x2)
-        # pairwise_distance adds 1e-6 to the difference, keeping the gradient finite at 0.
-        distance = F.pairwise_distance(e1.movedim(1, -1), e2.movedim(1, -1), keepdim=True)
-        return distance.movedim(-1, 1)
+        distance: torch.Tensor = self.distance(self.embed(x1), self.embed(x2))
+        return distance
+
+    def feature_input(self, args: tuple[Any, ...]) -> torch.Tensor:
+        """The embeddings' difference ``e1 - e2`` (the distance is its per-pixel norm)."""
+        difference: torch.Tensor = args[0] - args[1]
+        return difference
+
+    @property
+    def feature_channels(self) -> int:
+        return EMBED_CHANNELS
 
     def change_logit(self, logits: torch.Tensor) -> torch.Tensor:
         """``distance - 1``: positive where the dates are farther apart than the threshold."""

@@ -119,6 +119,7 @@ class TinyCD(ChangeModel):
             whose sigmoid is left to the loss and the prediction).
     """
 
+    feature_module = "classifier"
     out_channels = 1
 
     def __init__(

@@ -233,6 +233,7 @@ class TimeTravellingPixels(ChangeModel):
             activation checkpointing) instead of storing their activations.
     """
 
+    feature_module = "head.classifier"
     out_channels = 2
 
     def __init__(
