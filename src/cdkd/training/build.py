@@ -57,6 +57,7 @@ DISTILL_OPTIONS: dict[str, str] = {
     "ensemble_tau": "ensemble_tau",
     "dist_beta": "dist_beta",
     "dist_gamma": "dist_gamma",
+    "feature_norm": "feature_norm",
 }
 
 

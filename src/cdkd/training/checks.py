@@ -11,7 +11,7 @@ from cdkd.data.transforms import AUGMENTATIONS
 from cdkd.errors import ConfigError, DataError
 from cdkd.metrics import EMPTY_POLICIES
 from cdkd.partition import PartitionScheme
-from cdkd.training.distill_losses import check_distill_loss
+from cdkd.training.distill_losses import check_distill_loss, check_feature_norm
 from cdkd.training.losses import AVERAGES, DICE_KINDS, LOSSES
 from cdkd.training.module import NAN_POLICIES
 from cdkd.training.routing import check_car_rule, check_routing
@@ -102,6 +102,7 @@ def check_distill_options(cfg: DictConfig) -> None:
     try:
         check_car_rule(str(distill.get("car_rule", "paper")))
         check_distill_loss(str(distill.get("loss") or "mse"))
+        check_feature_norm(str(distill.get("feature_norm") or "none"))
         routing = check_routing(str(distill.get("routing") or "car"))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
