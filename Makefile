@@ -7,7 +7,7 @@ MODEL ?= fc_siam_diff
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: help install test test-all lint typecheck format demo paper-dryrun train pipeline pipeline-two sweep analyze bench clean
+.PHONY: help install test test-all lint typecheck format demo paper-dryrun train pipeline pipeline-two sweep analyze bench clean release-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -73,3 +73,6 @@ bench: install ## student vs baseline training-step time (JSON lines)
 clean: ## remove caches (keeps .venv, runs/ and data/)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+release-check: install ## build sdist + wheel, twine and wheel-content checks, smoke run of the wheel in a fresh venv
+	bash scripts/release_check.sh $(BIN)/python

@@ -1,3 +1,5 @@
 """cdkd: change detection with CAR-partitioned multi-teacher knowledge distillation."""
 
-__version__ = "0.1.0"
+from cdkd.version import package_version
+
+__version__ = package_version()
