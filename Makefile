@@ -7,7 +7,7 @@ MODEL ?= fc_siam_diff
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: help install test test-all lint typecheck format demo paper-dryrun train pipeline pipeline-two sweep analyze bench clean
+.PHONY: help install test test-all lint typecheck format demo paper-dryrun train pipeline pipeline-two sweep analyze bench docs docs-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,22 @@ analyze: install ## the paper's figures and tables for a model whose pipeline ha
 
 bench: install ## student vs baseline training-step time (JSON lines)
 	$(BIN)/python scripts/bench.py $(ARGS)
+
+# The documentation site (mkdocs.yml): its packages are the `docs` extra, installed on first use.
+# The tutorials run at their tiny size while the site builds; strict mode fails on any warning.
+DOCS_STAMP := $(VENV)/.docs-installed
+DOCS_ENV := CDKD_TUTORIAL_SIZE=tiny OMP_NUM_THREADS=1 NO_MKDOCS_2_WARNING=1 MPLBACKEND=Agg
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -c 'import mkdocs, material, mkdocstrings_handlers.python, mkdocs_jupyter' 2>/dev/null \
+		|| $(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP) ## build the documentation site into site/ (strict; runs the tutorials at tiny size)
+	$(DOCS_ENV) $(BIN)/python -m mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP) ## preview the documentation site at http://127.0.0.1:8000
+	$(DOCS_ENV) $(BIN)/python -m mkdocs serve
 
 clean: ## remove caches (keeps .venv, runs/ and data/)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache
