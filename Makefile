@@ -73,7 +73,7 @@ bench: install ## student vs baseline training-step time (JSON lines)
 # The documentation site (mkdocs.yml): its packages are the `docs` extra, installed on first use.
 # The tutorials run at their tiny size while the site builds; strict mode fails on any warning.
 DOCS_STAMP := $(VENV)/.docs-installed
-DOCS_ENV := CDKD_TUTORIAL_SIZE=tiny OMP_NUM_THREADS=1 NO_MKDOCS_2_WARNING=1 MPLBACKEND=Agg
+DOCS_ENV := CDKD_TUTORIAL_SIZE=tiny OMP_NUM_THREADS=1 NO_MKDOCS_2_WARNING=1
 
 $(DOCS_STAMP): $(STAMP)
 	$(BIN)/python -c 'import mkdocs, material, mkdocstrings_handlers.python, mkdocs_jupyter' 2>/dev/null \
