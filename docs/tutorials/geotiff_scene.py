@@ -29,6 +29,7 @@
 # Files go to `CDKD_TUTORIAL_DIR` when it is set, else to a new temporary folder.
 
 # %%
+# ruff: noqa: E402  (a notebook: each cell imports what it introduces)
 import os
 import tempfile
 from pathlib import Path
