@@ -109,6 +109,8 @@ if S["train_steps"]:
             f"paths.data_dir={WORK / 'data'}",
             f"paths.runs_dir={WORK / 'runs'}",
             "logger=none",
+            "callbacks.progress_bar=null",
+            "trainer.enable_model_summary=false",
         ],
     )
     train(cfg)
