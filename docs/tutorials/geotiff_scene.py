@@ -30,8 +30,10 @@
 
 # %%
 # ruff: noqa: E402  (a notebook: each cell imports what it introduces)
+import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -39,6 +41,11 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.transform import from_origin
+
+# Quiet the libraries' notes that say nothing about the method (tqdm's notebook check,
+# Lightning's "GPU available" lines and tips).
+warnings.filterwarnings("ignore", message="IProgress not found")
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 SIZE = os.environ.get("CDKD_TUTORIAL_SIZE", "demo")
 SETTINGS = {

@@ -34,11 +34,18 @@
 
 # %%
 # ruff: noqa: E402  (a notebook: each cell imports what it introduces)
+import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+
+# Quiet the libraries' notes that say nothing about the method (tqdm's notebook check,
+# Lightning's "GPU available" lines and tips).
+warnings.filterwarnings("ignore", message="IProgress not found")
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 SIZE = os.environ.get("CDKD_TUTORIAL_SIZE", "demo")
 SIZES = {
@@ -80,12 +87,8 @@ print("lambda grid:", sorted(pipeline.students))
 # visual comparison figure needs.
 
 # %%
-import logging
-
 from cdkd.cli.eval import evaluate
 from cdkd.training.run import train
-
-logging.basicConfig(level=logging.WARNING)
 
 
 def run(step):
