@@ -25,8 +25,8 @@
 #
 # Sizes (environment variable `CDKD_TUTORIAL_SIZE`):
 #
-# - `demo` (default): `experiment=demo`, TinyCD on 64x64 synthetic pairs, about seven minutes
-#   on a 2-core CPU;
+# - `demo` (default): `experiment=demo`, TinyCD on 64x64 synthetic pairs, 7 to 11 minutes on
+#   a 2-core CPU;
 # - `tiny`: `experiment=smoke` with FC-Siam-diff, a handful of steps on 32x32 pairs (seconds;
 #   the scores mean nothing, the test suite and the documentation build use it).
 #
