@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import rasterio
 
 ROOT = Path(__file__).resolve().parents[2]
 TUTORIALS = sorted((ROOT / "docs" / "tutorials").glob("*.py"))
@@ -56,7 +57,6 @@ def test_synthetic_pipeline_tutorial(tmp_path: Path) -> None:
 
 
 def test_geotiff_scene_tutorial(tmp_path: Path) -> None:
-    rasterio = pytest.importorskip("rasterio")
     work = run_tutorial(ROOT / "docs" / "tutorials" / "geotiff_scene.py", tmp_path)
     with rasterio.open(work / "2019.tif") as scene, rasterio.open(work / "change.tif") as change:
         assert change.count == 1 and change.shape == scene.shape
