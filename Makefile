@@ -7,7 +7,7 @@ MODEL ?= fc_siam_diff
 DATA ?= synthetic
 ARGS ?=
 
-.PHONY: help install test test-all lint typecheck format demo paper-dryrun train pipeline pipeline-two sweep analyze bench clean release-check
+.PHONY: help install test test-all lint typecheck format demo paper-dryrun train pipeline pipeline-two sweep study analyze bench docs docs-serve clean release-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -64,11 +64,30 @@ sweep: install ## the paper's lambda grid for the student, then its summary tabl
 	$(BIN)/python -m cdkd.train hparams_search=lambda_grid model=$(MODEL) data=$(DATA) $(ARGS)
 	$(BIN)/python -m cdkd.report model=$(MODEL) data=$(DATA) $(ARGS)
 
+study: install ## the distillation study (losses, routings, controls; 3 seeds) into docs/distillation.md
+	$(BIN)/python scripts/study.py $(ARGS)
+
 analyze: install ## the paper's figures and tables for a model whose pipeline has run
 	$(BIN)/python -m cdkd.analyze model=$(MODEL) data=$(DATA) $(ARGS)
 
 bench: install ## student vs baseline training-step time (JSON lines)
 	$(BIN)/python scripts/bench.py $(ARGS)
+
+# The documentation site (mkdocs.yml): its packages are the `docs` extra, installed on first use.
+# The tutorials run at their tiny size while the site builds; strict mode fails on any warning.
+DOCS_STAMP := $(VENV)/.docs-installed
+DOCS_ENV := CDKD_TUTORIAL_SIZE=tiny OMP_NUM_THREADS=1 NO_MKDOCS_2_WARNING=1
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -c 'import mkdocs, material, mkdocstrings_handlers.python, mkdocs_jupyter' 2>/dev/null \
+		|| $(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP) ## build the documentation site into site/ (strict; runs the tutorials at tiny size)
+	$(DOCS_ENV) $(BIN)/python -m mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP) ## preview the documentation site at http://127.0.0.1:8000
+	$(DOCS_ENV) $(BIN)/python -m mkdocs serve
 
 clean: ## remove caches (keeps .venv, runs/ and data/)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "cdkd"
 # Entry points above cli/: `python -m cdkd.<tool>` imports the tool's cli module.
 SHIMS = {
+    "__main__",
     "analyze",
     "eval",
     "export",
