@@ -10,8 +10,8 @@ size and CPU inference time measured side by side.
 
 Every run goes to ``<runs>/study/seed<N>/<model>/<folder>`` and is skipped when its
 ``metrics.json`` exists, so an interrupted study continues where it stopped. Chains (one model
-and seed) run in ``--workers`` processes of one thread each; the cross-architecture chains
-come last, so their student's M_O (the TinyCD chain's baseline, its first run) exists.
+and seed) run in ``--workers`` processes of one thread each, seed by seed; a seed's
+cross-architecture chain comes after its TinyCD chain, whose first run is the student's M_O.
 
     python scripts/study.py                      # the full study (about an hour on 2 cores)
     python scripts/study.py --tiny --seeds 0     # a smoke run of the whole machinery
@@ -68,9 +68,13 @@ RECIPES = (
         "cwd (T=4), car, lambda=3",
         ("distill.lambda=3", "distill.loss=cwd", "distill.temperature=4"),
     ),
-    Recipe("dist", "dist (T=1, beta=gamma=1), car, lambda=1", ("distill.lambda=1", "distill.loss=dist")),
+    Recipe(
+        "dist", "dist (T=1, beta=gamma=1), car, lambda=1", ("distill.lambda=1", "distill.loss=dist")
+    ),
     Recipe("feature", "feature, car, lambda=1", ("distill.lambda=1", "distill.loss=feature")),
-    Recipe("soft", "mse, soft (width 0.02), lambda=1", ("distill.lambda=1", "distill.routing=soft")),
+    Recipe(
+        "soft", "mse, soft (width 0.02), lambda=1", ("distill.lambda=1", "distill.routing=soft")
+    ),
     Recipe(
         "ensemble",
         "mse, ensemble (tau 0.05), lambda=1",
@@ -149,7 +153,9 @@ def evaluate_op(chain: Chain, model: str) -> None:
     if (out / "metrics.json").is_file():
         return
     overrides = [*chain.base, f"model={model}", "strategy=op", "split=test", f"out_dir={out}"]
-    teachers = teacher_overrides(Chain(model, chain.seed, chain.runs, chain.base, chain.skip), model)
+    teachers = teacher_overrides(
+        Chain(model, chain.seed, chain.runs, chain.base, chain.skip), model
+    )
     evaluate(compose("eval", [*overrides, *teachers]))
 
 
@@ -190,7 +196,9 @@ def mean_std(values: list[float | None]) -> str:
     if not done:
         return "-"
     std = statistics.stdev(done) if len(done) > 1 else 0.0
-    return f"{statistics.mean(done):.2f} ± {std:.2f}" + (f" (n={len(done)})" if len(done) < 3 else "")
+    return f"{statistics.mean(done):.2f} ± {std:.2f}" + (
+        f" (n={len(done)})" if len(done) < 3 else ""
+    )
 
 
 def inference_ms(models: Sequence[str], size: int = 256, repeats: int = 15) -> dict[str, float]:
@@ -218,46 +226,38 @@ def table(runs: Path, seeds: Sequence[int]) -> str:
     from cdkd.models import create_model
     from cdkd.models.complexity import count_parameters
 
-    def row(label: str, folders: dict[str, str], models: Sequence[str]) -> str:
-        cells = [
-            mean_std([test_miou(runs / f"seed{s}" / m / folders[m]) for s in seeds])
-            for m in models
-        ]
-        return f"| {label} | " + " | ".join(cells) + " |"
+    def score(model: str, folder: str) -> str:
+        return mean_std([test_miou(runs / f"seed{s}" / model / folder) for s in seeds])
 
     lines = [
         "| recipe | " + " | ".join(MODELS) + " |",
         "|---|" + "---|" * len(MODELS),
-        row("original M_O", dict.fromkeys(MODELS, "baseline"), MODELS),
-        row("O-P (M_O routes to a teacher)", dict.fromkeys(MODELS, "op"), MODELS),
+        "| original M_O | " + " | ".join(score(m, "baseline") for m in MODELS) + " |",
+        "| O-P (M_O routes to a teacher) | " + " | ".join(score(m, "op") for m in MODELS) + " |",
     ]
     for recipe in RECIPES:
-        lines.append(row(recipe.label, dict.fromkeys(MODELS, f"student-{recipe.folder}"), MODELS))
+        cells = " | ".join(score(m, f"student-{recipe.folder}") for m in MODELS)
+        lines.append(f"| {recipe.label} | {cells} |")
     teacher, student = CROSS
     ms = inference_ms([teacher, student])
     params = {m: count_parameters(create_model(m)) / 1e6 for m in (teacher, student)}
+    size = {m: f"{params[m]:.2f} | {ms[m]:.1f}" for m in (teacher, student)}
+    op_size = f"{2 * params[teacher]:.2f} (2 networks) | {2 * ms[teacher]:.1f} (2 forwards)"
     cross = [
         "",
-        f"Cross-architecture: {teacher} teachers, {student} student "
-        "(per-image test mIoU %; size; median CPU time of one 256x256 pair, one thread, "
-        "the two networks alternated in one process):",
+        f"Cross-architecture: {teacher} teachers, {student} student (per-image test mIoU %; "
+        "parameters; median CPU time of one 256x256 pair on one thread, the two networks "
+        "alternated in one process; O-P runs M_O and then one teacher):",
         "",
         "| network | role | test mIoU | params (M) | CPU ms / pair |",
         "|---|---|---|---|---|",
-        f"| {teacher} | original M_O | {mean_std([test_miou(runs / f'seed{s}' / teacher / 'baseline') for s in seeds])} "
-        f"| {params[teacher]:.2f} | {ms[teacher]:.1f} |",
-        f"| {teacher} | O-P (M_O + teacher) | {mean_std([test_miou(runs / f'seed{s}' / teacher / 'op') for s in seeds])} "
-        f"| {2 * params[teacher]:.2f} (two run) | {2 * ms[teacher]:.1f} (two run) |",
-        f"| {student} | original M_O | {mean_std([test_miou(runs / f'seed{s}' / student / 'baseline') for s in seeds])} "
-        f"| {params[student]:.2f} | {ms[student]:.1f} |",
+        f"| {teacher} | original M_O | {score(teacher, 'baseline')} | {size[teacher]} |",
+        f"| {teacher} | O-P (M_O + teacher) | {score(teacher, 'op')} | {op_size} |",
+        f"| {student} | original M_O | {score(student, 'baseline')} | {size[student]} |",
     ]
     for recipe in CROSS_RECIPES:
-        folder = f"student-{recipe.folder}-from-{teacher}"
-        values = [test_miou(runs / f"seed{s}" / student / folder) for s in seeds]
-        cross.append(
-            f"| {student} | student, {recipe.label} | {mean_std(values)} "
-            f"| {params[student]:.2f} | {ms[student]:.1f} |"
-        )
+        result = score(student, f"student-{recipe.folder}-from-{teacher}")
+        cross.append(f"| {student} | student, {recipe.label} | {result} | {size[student]} |")
     return "\n".join([*lines, *cross])
 
 
@@ -274,7 +274,9 @@ def write_doc(text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--runs", type=Path, default=Path(os.environ.get("CDKD_RUNS_DIR", "runs")) / "study")
+    parser.add_argument(
+        "--runs", type=Path, default=Path(os.environ.get("CDKD_RUNS_DIR", "runs")) / "study"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], help="recipe folders to leave out")
     parser.add_argument("--tiny", action="store_true", help="a few steps on a tiny set (smoke)")
@@ -282,8 +284,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     base = ("experiment=study", *(TINY if args.tiny else ()))
     skip = frozenset(args.skip)
-    chains = [Chain(m, s, args.runs, base, skip) for s in args.seeds for m in (CROSS[1], MODELS[1])]
-    chains += [Chain(CROSS[1], s, args.runs, base, skip, CROSS[0]) for s in args.seeds]
+    chains = [
+        chain
+        for s in args.seeds
+        for chain in (
+            Chain(CROSS[1], s, args.runs, base, skip),
+            Chain(MODELS[1], s, args.runs, base, skip),
+            Chain(CROSS[1], s, args.runs, base, skip, CROSS[0]),
+        )
+    ]
     started = time.perf_counter()
     with ProcessPoolExecutor(args.workers, max_tasks_per_child=1) as pool:
         for done in pool.map(run_chain, chains):

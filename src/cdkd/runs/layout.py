@@ -17,7 +17,8 @@
 ``<suffix>`` is the partition's ``run_suffix`` ("" for three teachers, "-two" for two), so
 runs of the two partitions never mix. ``<variant>`` names a distillation recipe other than
 the paper's (:func:`distill_variant`: "-cwd-soft", "-single-self", "-from-changer_b0"), so the
-students of different recipes, which share the baseline and the teachers, never mix either. Python asks :class:`RunLayout` and :class:`RunFolder`;
+students of different recipes, which share the baseline and the teachers, never mix either.
+Python asks :class:`RunLayout` and :class:`RunFolder`;
 the configs ask the ``layout`` resolver (``${layout:run_dir}``, ``${layout:best,baseline}``;
 see :func:`resolve`), registered by :mod:`cdkd.config`.
 """
