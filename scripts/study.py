@@ -190,15 +190,31 @@ def test_miou(folder: Path) -> float | None:
     return 100.0 * float(scores["mIoU"])
 
 
-def mean_std(values: list[float | None]) -> str:
-    """``mean +- std (n)`` of the finished values."""
+def mean_std(values: list[float | None], trivial: float | None = None) -> str:
+    """``mean +- std`` of the finished values, ``(n=...)`` when fewer than 3, and how many
+    of them are the ``trivial`` score (no change predicted anywhere: a collapsed run)."""
     done = [v for v in values if v is not None]
     if not done:
         return "-"
     std = statistics.stdev(done) if len(done) > 1 else 0.0
-    return f"{statistics.mean(done):.2f} ± {std:.2f}" + (
-        f" (n={len(done)})" if len(done) < 3 else ""
-    )
+    text = f"{statistics.mean(done):.2f} ± {std:.2f}"
+    if len(done) < 3:
+        text += f" (n={len(done)})"
+    collapsed = sum(trivial is not None and abs(v - trivial) < 0.005 for v in done)
+    return text + (f" [{collapsed} trivial]" if collapsed else "")
+
+
+def no_change_miou(base: Sequence[str]) -> float:
+    """Per-image test mIoU (%) of predicting no change anywhere (``empty_policy=one``): 100
+    for an unchanged pair, ``(1 - CAR) / 2`` otherwise (the changed class scores 0)."""
+    from cdkd.data.io import read_mask
+
+    root = Path(compose("train", base).data.root) / "test" / "label"
+    scores = []
+    for path in sorted(root.glob("*.png")):
+        car = float((read_mask(path) > 0).mean())
+        scores.append(1.0 if car == 0 else (1.0 - car) / 2)
+    return 100.0 * statistics.mean(scores)
 
 
 def inference_ms(models: Sequence[str], size: int = 256, repeats: int = 15) -> dict[str, float]:
@@ -221,15 +237,21 @@ def inference_ms(models: Sequence[str], size: int = 256, repeats: int = 15) -> d
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def table(runs: Path, seeds: Sequence[int]) -> str:
+def table(runs: Path, seeds: Sequence[int], base: Sequence[str] = ("experiment=study",)) -> str:
     """The study's markdown: the main table and the cross-architecture table."""
     from cdkd.models import create_model
     from cdkd.models.complexity import count_parameters
 
+    trivial = no_change_miou(base)
+
     def score(model: str, folder: str) -> str:
-        return mean_std([test_miou(runs / f"seed{s}" / model / folder) for s in seeds])
+        return mean_std([test_miou(runs / f"seed{s}" / model / folder) for s in seeds], trivial)
 
     lines = [
+        f"Per-image test mIoU (%), mean ± std over seeds {', '.join(map(str, seeds))}; "
+        f"predicting no change anywhere scores {trivial:.2f} on this test split, and "
+        "`[k trivial]` counts the runs that collapsed to it.",
+        "",
         "| recipe | " + " | ".join(MODELS) + " |",
         "|---|" + "---|" * len(MODELS),
         "| original M_O | " + " | ".join(score(m, "baseline") for m in MODELS) + " |",
@@ -297,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with ProcessPoolExecutor(args.workers, max_tasks_per_child=1) as pool:
         for done in pool.map(run_chain, chains):
             print(f"[study] done: {done} ({time.perf_counter() - started:.0f} s)", flush=True)
-    text = table(args.runs, args.seeds)
+    text = table(args.runs, args.seeds, base)
     print(text)
     if not args.no_doc:
         write_doc(text)
