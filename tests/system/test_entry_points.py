@@ -24,11 +24,11 @@ def console_scripts() -> dict[str, str]:
 
 
 def tools() -> list[str]:
-    """The ``python -m cdkd.<tool>`` modules of the package root."""
+    """The ``python -m cdkd.<tool>`` modules of the package root (not ``python -m cdkd``)."""
     return sorted(
         path.stem
         for path in (ROOT / "src" / "cdkd").glob("*.py")
-        if 'if __name__ == "__main__":' in path.read_text()
+        if 'if __name__ == "__main__":' in path.read_text() and path.stem != "__main__"
     )
 
 
@@ -51,7 +51,8 @@ def test_every_tool_has_a_console_script_running_its_main() -> None:
     scripts = console_scripts()
     names = tools()
     assert "train" in names and "export" in names
-    assert sorted(scripts) == sorted(f"cdkd-{tool}" for tool in names)
+    assert sorted(scripts) == sorted(["cdkd", *(f"cdkd-{tool}" for tool in names)])
+    assert resolve(scripts["cdkd"]) is importlib.import_module("cdkd.__main__").main
     for tool in names:
         assert resolve(scripts[f"cdkd-{tool}"]) is importlib.import_module(f"cdkd.{tool}").main
 
