@@ -1,4 +1,8 @@
-"""The documentation's tutorials run end to end at their tiny size and are on the site."""
+"""The documentation's tutorials run end to end at their tiny size and are on the site.
+
+Running them is ``slow``: ``make docs`` (part of CI) executes both at the same tiny size, and
+the default suite runs the same pipeline in tests/system/test_pipeline_e2e.py.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ def test_every_tutorial_is_on_the_site() -> None:
     assert missing == []
 
 
+@pytest.mark.slow
 def test_synthetic_pipeline_tutorial(tmp_path: Path) -> None:
     work = run_tutorial(ROOT / "docs" / "tutorials" / "synthetic_pipeline.py", tmp_path)
     model_dir = work / "runs" / "synthetic" / "fc_siam_diff"
@@ -56,6 +61,7 @@ def test_synthetic_pipeline_tutorial(tmp_path: Path) -> None:
         assert (model_dir / "analysis" / name).stat().st_size > 0, name
 
 
+@pytest.mark.slow
 def test_geotiff_scene_tutorial(tmp_path: Path) -> None:
     work = run_tutorial(ROOT / "docs" / "tutorials" / "geotiff_scene.py", tmp_path)
     with rasterio.open(work / "2019.tif") as scene, rasterio.open(work / "change.tif") as change:

@@ -158,10 +158,8 @@ def test_training_step_distils_the_feature_map(checkpoints: dict[str, Any]) -> N
 # ---------------------------------------------------------------- training, checkpoint, export
 
 
-def test_feature_student_trains_and_exports_as_the_plain_network(
-    tmp_path: Path, compose_config: Composer, checkpoints: dict[str, Any]
-) -> None:
-    from cdkd.inference.onnx import export_onnx
+def train_feature_student(compose_config: Composer, checkpoints: dict[str, Any]) -> Path:
+    """Train an FC-Siam-diff student from TinyCD teachers with the feature loss; its best.ckpt."""
     from cdkd.training.run import train
 
     teachers = ", ".join(f"{b}: '{p}'" for b, p in checkpoints["tinycd"].items())
@@ -183,7 +181,13 @@ def test_feature_student_trains_and_exports_as_the_plain_network(
     )
     results = train(cfg)
     assert math.isfinite(results["val/mIoU"])
-    ckpt = Path(results["best_checkpoint"])
+    return Path(results["best_checkpoint"])
+
+
+def test_feature_student_trains_and_loads_as_the_plain_network(
+    compose_config: Composer, checkpoints: dict[str, Any]
+) -> None:
+    ckpt = train_feature_student(compose_config, checkpoints)
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     state = saved["state_dict"]
     adapter = {k for k in state if k.startswith("feature_adapter.")}
@@ -194,11 +198,20 @@ def test_feature_student_trains_and_exports_as_the_plain_network(
     assert optimizer["state"][weight]["exp_avg"].shape == (32, 16, 1, 1)
     assert optimizer["state"][bias]["exp_avg"].abs().sum() > 0
 
+    # what evaluation, prediction and export load is the plain zoo network
     net = load_network(ckpt, expected_model="fc_siam_diff")
     plain = create_model("fc_siam_diff")
     assert net.state_dict().keys() == plain.state_dict().keys()
     plain.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
 
+
+@pytest.mark.slow  # ~50 s: the ONNX exporter traces the network twice
+def test_feature_student_exports_to_onnx_without_the_adapter(
+    tmp_path: Path, compose_config: Composer, checkpoints: dict[str, Any]
+) -> None:
+    from cdkd.inference.onnx import export_onnx
+
+    ckpt = train_feature_student(compose_config, checkpoints)
     out = export_onnx(ckpt, tmp_path / "student.onnx", size=SIZE, atol=1e-4)
     graph = onnx.load(out.path)
     assert not any("adapter" in init.name for init in graph.graph.initializer)
