@@ -291,7 +291,7 @@ def table(runs: Path, seeds: Sequence[int], base: Sequence[str] = ("experiment=s
 
     def grid(recipe: Recipe) -> str:
         values = ", ".join(f"{lam:g}" for lam in recipe.lambdas)
-        return f"λ = {values}" if len(recipe.lambdas) == 1 else f"λ from {{{values}}}"
+        return f", λ from {{{values}}}" if len(recipe.lambdas) > 1 else ""
 
     seed_list = ", ".join(map(str, seeds))
     lines = [
@@ -307,7 +307,7 @@ def table(runs: Path, seeds: Sequence[int], base: Sequence[str] = ("experiment=s
     ]
     for recipe in RECIPES:
         cells = " | ".join(chosen(m, recipe) for m in MODELS)
-        lines.append(f"| {recipe.label}, {grid(recipe)} | {cells} |")
+        lines.append(f"| {recipe.label}{grid(recipe)} | {cells} |")
     every = [
         "",
         "Every λ (per-image test mIoU %, mean ± std over the same seeds, before selection):",
@@ -340,7 +340,7 @@ def table(runs: Path, seeds: Sequence[int], base: Sequence[str] = ("experiment=s
     ]
     for recipe in CROSS_RECIPES:
         result = chosen(student, recipe, teacher)
-        label = f"student, {recipe.label}, {grid(recipe)}"
+        label = f"student, {recipe.label}{grid(recipe)}"
         cross.append(f"| {student} | {label} | {result} | {size[student]} |")
     return "\n".join([*lines, *every, *cross])
 
