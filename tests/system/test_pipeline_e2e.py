@@ -1,4 +1,4 @@
-"""End to end through the command-line tools: train -> eval -> predict -> score."""
+"""End to end through the command-line tools: train -> eval -> predict -> score -> pipeline."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cdkd.cli import pipeline
+from cdkd.cli.pipeline import IN_PROCESS
 from tests.factories import run_tool
 
 
@@ -109,13 +111,17 @@ def test_eval_with_checkpoint_of_another_model_fails_in_one_line(
     assert "Traceback" not in proc.stderr
 
 
-def test_smoke_pipeline_writes_the_table_iii_block(trained: dict[str, Path]) -> None:
+def test_smoke_pipeline_writes_the_table_iii_block(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = trained["root"]
     common = [f"paths.data_dir={root / 'data'}", f"paths.runs_dir={root / 'runs'}"]
-    proc = run_tool(
-        "cdkd.pipeline", "experiment=smoke", "model=fc_siam_diff", "logger=none", *common, cwd=root
-    )
-    assert "skip (done)" in proc.stdout  # the baseline trained by the fixture is reused
+    # The steps run in this process (--in-process); the second pipeline below runs its step
+    # in a process of its own, as by default.
+    monkeypatch.chdir(root)
+    pipeline.main([IN_PROCESS, "experiment=smoke", "model=fc_siam_diff", "logger=none", *common])
+    stdout = capsys.readouterr().out
+    assert "skip (done)" in stdout  # the baseline trained by the fixture is reused
     model_dir = root / "runs" / "synthetic" / "fc_siam_diff"
     results = json.loads((model_dir / "results.json").read_text())
     assert list(results["rows"]) == ["-", "O-P", "MTKD"]
@@ -150,7 +156,7 @@ def test_smoke_pipeline_writes_the_table_iii_block(trained: dict[str, Path]) -> 
     baseline_val = results["lambda_selection"]["baseline_val"]["mIoU"]
     assert f"| M_O | - | {100 * baseline_val:.2f} |" in markdown
     assert f"| M_S | {chosen:g} | {100 * val[chosen]:.2f} |" in markdown
-    assert "selected on validation" in proc.stdout and "M_O" in proc.stdout
+    assert "selected on validation" in stdout and "M_O" in stdout
     # The evaluations agree with the files they summarise.
     original = json.loads((model_dir / "eval" / "original" / "test" / "metrics.json").read_text())
     assert results["rows"]["-"]["mIoU"] == original["per_image"]["mIoU"]

@@ -1,4 +1,4 @@
-"""The distillation study's machinery end to end at a tiny size (slow: 13 runs per chain)."""
+"""The distillation study's machinery end to end at a tiny size (slow: 23 runs per chain)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,16 @@ def test_the_study_trains_every_recipe_and_tabulates_them(
     runs = tmp_path / "runs"
     study.main(["--tiny", "--seeds", "0", "--workers", "1", "--runs", str(runs), "--no-doc"])
     for recipe in study.RECIPES:
-        for model in study.MODELS:
-            assert study.test_miou(runs / "seed0" / model / f"student-{recipe.folder}") is not None
+        for lam in recipe.lambdas:
+            for model in study.MODELS:
+                run = runs / "seed0" / model / recipe.run_folder(lam)
+                assert study.test_miou(run) is not None, run
+        # the selected student is one of the grid's, the best on validation
+        picked = study.selected(runs / "seed0" / study.MODELS[0], recipe)
+        assert picked is not None and picked[0] in recipe.lambdas
     text = study.table(runs, [0])
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     results = [row for row in rows if not row.startswith(("| recipe", "| network"))]
-    assert len(results) == 2 + len(study.RECIPES) + 3 + len(study.CROSS_RECIPES)
+    every = sum(len(recipe.lambdas) for recipe in study.RECIPES)
+    assert len(results) == 2 + len(study.RECIPES) + every + 4 + len(study.CROSS_RECIPES)
     assert all(re.search(r"\| \d+\.\d\d ± 0\.00 \(n=1\)", row) for row in results)

@@ -85,7 +85,12 @@ def routing_table(confusion: dict[str, dict[str, int]]) -> Table:
 
 @command("eval")
 def main(cfg: DictConfig) -> None:
-    """Evaluate ``cfg.strategy`` on ``cfg.split`` and write the results to ``cfg.out_dir``.
+    """Evaluate ``cfg.strategy`` on ``cfg.split`` and write the results to ``cfg.out_dir``."""
+    evaluate_checked(cfg)
+
+
+def evaluate_checked(cfg: DictConfig) -> None:
+    """What ``python -m cdkd.eval`` runs on its composed ``cfg``: check, lock, evaluate.
 
     The output folder is this process's alone while it runs (its lock): a second evaluation
     into the same folder stops with one line naming the first.

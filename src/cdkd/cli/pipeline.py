@@ -10,7 +10,10 @@ lambda-vs-validation table, to the run layout's results files (``.md`` and ``.js
 Every argument is a Hydra override passed on to the stages (``model=changer_b1 data=jl1cd
 partition=two trainer.devices=2``); overrides that only concern training are not passed to
 the evaluations. Each step runs the same command a user would (``python -m cdkd.train`` /
-``cdkd.eval``) in its own process, which locks its own run folder. The pipeline itself holds
+``cdkd.eval``) in its own process, which locks its own run folder; with ``--in-process``
+(the first argument) the steps run in the pipeline's process instead, on the same
+configurations, which saves a start of Python, torch and Lightning per step (on small data
+most of a step's time) at the cost of isolation. The pipeline itself holds
 the lock of the students' folder (where the selection goes; the results file of the model
 and partition is written by the pipeline alone) from start to end, so a second pipeline for
 the same model and partition stops at once with one line naming the first.
@@ -37,6 +40,9 @@ from cdkd.errors import CdkdError, ConfigError
 from cdkd.files import write_json_atomic, write_text_atomic
 from cdkd.runs.layout import RunFolder, RunLayout
 from cdkd.runs.lock import RunLock
+
+#: The first argument that runs every step in the pipeline's own process.
+IN_PROCESS = "--in-process"
 
 #: Table III rows: the strategy's label and the evaluation that produces it.
 STRATEGY_ROWS: tuple[tuple[str, Strategy], ...] = (
@@ -165,17 +171,34 @@ def plan(overrides: list[str]) -> Plan:
     )
 
 
-def run_step(step: Step, console: Console, redo: str = "") -> None:
-    """Run one step in its own process unless its output already exists (or ``redo`` says why)."""
+def run_in_process(step: Step) -> None:
+    """Run ``step`` in this process: what its command runs, on the configuration it composes."""
+    from cdkd.cli.eval import evaluate_checked
+    from cdkd.training.run import train
+
+    if step.tool == "cdkd.train":
+        train(compose_config("train", list(step.overrides)))
+    elif step.tool == "cdkd.eval":
+        evaluate_checked(compose_config("eval", list(step.overrides)))
+    else:
+        raise CdkdError(f"no in-process runner for {step.tool}")
+
+
+def run_step(step: Step, console: Console, redo: str = "", in_process: bool = False) -> None:
+    """Run one step (in its own process unless ``in_process``) unless its output already
+    exists (or ``redo`` says why it must run again)."""
     command = escape(step.describe())  # overrides such as [a,b] are not markup
     if step.output.is_file() and not redo:
         console.print(f"[dim]skip (done): {command}[/dim]", soft_wrap=True)
         return
     reason = f" ({redo})" if redo else ""
     console.print(f"[bold]run:[/bold] {command}{reason}", soft_wrap=True)
-    proc = subprocess.run([sys.executable, "-m", step.tool, *step.overrides], check=False)
-    if proc.returncode != 0:
-        raise CdkdError(f"step failed (exit {proc.returncode}): {step.describe()}")
+    if in_process:
+        run_in_process(step)
+    else:
+        proc = subprocess.run([sys.executable, "-m", step.tool, *step.overrides], check=False)
+        if proc.returncode != 0:
+            raise CdkdError(f"step failed (exit {proc.returncode}): {step.describe()}")
     if not step.output.is_file():
         raise CdkdError(f"step finished without writing {step.output}: {step.describe()}")
 
@@ -262,10 +285,12 @@ def write_results(results: dict[str, Any], eval_cfg: DictConfig) -> Path:
     return stem
 
 
-def run_pipeline(pipeline: Plan, console: Console) -> tuple[dict[str, Any], Path]:
+def run_pipeline(
+    pipeline: Plan, console: Console, in_process: bool = False
+) -> tuple[dict[str, Any], Path]:
     """Run the steps, select lambda, evaluate the selected student; the results and their stem."""
     for step in pipeline.steps:
-        run_step(step, console)
+        run_step(step, console, in_process=in_process)
     selection = select(pipeline)
     console.print(
         f"lambda={selection['selected']['lambda']:g} selected on validation "
@@ -273,7 +298,8 @@ def run_pipeline(pipeline: Plan, console: Console) -> tuple[dict[str, Any], Path
         soft_wrap=True,
     )
     stale = evaluated_other_student(pipeline.mtkd.output, selection)
-    run_step(pipeline.mtkd, console, "the selected student changed" if stale else "")
+    redo = "the selected student changed" if stale else ""
+    run_step(pipeline.mtkd, console, redo, in_process)
     results = table_iii_results(pipeline, selection)
     return results, write_results(results, pipeline.eval_cfg)
 
@@ -286,11 +312,13 @@ def main(argv: list[str] | None = None) -> None:
     from cdkd.analysis.tables import strategy_table
 
     overrides = list(sys.argv[1:] if argv is None else argv)
+    in_process = overrides[:1] == [IN_PROCESS]
+    overrides = overrides[1:] if in_process else overrides
     console = Console()
     try:
         pipeline = plan(overrides)
         with RunLock(pipeline.selection.parent):
-            results, stem = run_pipeline(pipeline, console)
+            results, stem = run_pipeline(pipeline, console, in_process)
     except CdkdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
