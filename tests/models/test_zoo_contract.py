@@ -96,11 +96,14 @@ def test_forward_backward_at_small_size(name: str) -> None:
 #: frozen foundation encoder); the other models' cross-architecture steps are ``slow``.
 CROSS_DEFAULT = {"tinycd", "fc_siam_diff", "changer_b0", "changeformer_b0", "stanet_base"}
 CROSS_DEFAULT |= {"lightcdnet_s", "ban_vit_b"}
+#: The three largest CNNs' own student steps (5-8 s each) are ``slow`` too; their forward and
+#: backward pass stays in the default suite.
+HEAVY = {"cgnet", "changer_s50", "ifn"}
 STUDENT_CASES = [
     pytest.param(
         teacher,
         name,
-        marks=[pytest.mark.slow] if teacher == "other" and name not in CROSS_DEFAULT else [],
+        marks=[SLOW] if name in HEAVY or (teacher == "other" and name not in CROSS_DEFAULT) else [],
     )
     for teacher in ("same", "other")
     for name in MODELS

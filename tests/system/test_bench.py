@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 
 
+@pytest.mark.slow  # ~25 s of a benchmark subprocess; make test-all runs it
 def test_bench_smoke_prints_one_json_line_per_measurement() -> None:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke", "--models", "tinycd"],

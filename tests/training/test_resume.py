@@ -162,6 +162,7 @@ def test_sigterm_saves_last_checkpoint(tmp_path: Path) -> None:
     assert f"stopped by SIGTERM at step {step}; last.ckpt holds that state" in stderr
 
 
+@pytest.mark.slow  # ~30 s; the baseline case above covers the kill-and-resume path by default
 def test_killed_student_resumes_to_the_same_weights(
     tmp_path: Path, train_here: Callable[..., None]
 ) -> None:

@@ -137,6 +137,7 @@ def plan(overrides: list[str]) -> Plan:
             "by stage with python -m cdkd.train seed=N"
         )
     train_cfg = compose_config("train", overrides)
+    grid = lambda_grid(train_cfg)
     for_eval = eval_overrides(overrides)
     stages = ["baseline", *train_cfg.partition.teacher_stages.values()]
     steps = []
@@ -154,7 +155,7 @@ def plan(overrides: list[str]) -> Plan:
         )
     steps += [evals["original"], evals["op"]]
     students = {}
-    for lam in lambda_grid(train_cfg):
+    for lam in grid:
         # Selection must never see test: the students are scored on validation only.
         student = [*overrides, "stage=student", f"distill.lambda={lam!r}", "test_after_fit=false"]
         students[lam] = Path(compose_config("train", student).run_dir)
