@@ -83,7 +83,8 @@ $(DOCS_STAMP): $(STAMP)
 		|| $(BIN)/python -m pip install --quiet -e '.[docs]'
 	touch $(DOCS_STAMP)
 
-docs: $(DOCS_STAMP) ## build the documentation site into site/ (strict; runs the tutorials at tiny size)
+docs: $(DOCS_STAMP) ## check docs/models.md, build the site into site/ (strict; tutorials at tiny size)
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/model_zoo.py --check
 	$(DOCS_ENV) $(BIN)/python -m mkdocs build --strict
 
 docs-serve: $(DOCS_STAMP) ## preview the documentation site at http://127.0.0.1:8000
