@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +14,7 @@ from cdkd.errors import DataError
 from cdkd.files import write_json_atomic
 from cdkd.runs.layout import RunFolder
 from cdkd.runs.meta import CheckpointMeta
+from cdkd.version import git_state
 
 log = logging.getLogger(__name__)
 
@@ -29,31 +29,6 @@ RECORDED_PACKAGES = (
     "torchmetrics",
     "numpy",
 )
-
-
-def git_state() -> dict[str, Any] | None:
-    """Commit and dirtiness of the git checkout the package runs from (None if not one)."""
-    package = Path(__file__).resolve().parents[1]
-    try:
-        top = subprocess.run(
-            ["git", "-C", str(package), "rev-parse", "--show-toplevel", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.splitlines()
-        if len(top) != 2 or not package.is_relative_to(Path(top[0]).resolve()):
-            return None
-        status = subprocess.run(
-            ["git", "-C", top[0], "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": top[1], "dirty": bool(status.strip())}
 
 
 def package_versions() -> dict[str, str | None]:
