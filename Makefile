@@ -20,11 +20,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Test files run in parallel, one worker per CPU computing on one thread (tests/conftest.py); one
-# file's tests stay in one worker, so module fixtures are built once. PYTEST_WORKERS=0 runs them
-# in this process.
+# Tests run in parallel, one worker per CPU computing on one thread (tests/conftest.py). Each
+# worker starts with a contiguous share of the tests (a file mostly stays in one worker, so its
+# module fixtures are built once) and an idle worker steals from a busy one, so one long file
+# does not leave the other CPU idle at the end. PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= auto
-PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 test: install ## type check, then the default test suite (CPU, no network)
 	$(BIN)/mypy

@@ -12,8 +12,8 @@ teachers' size and CPU inference time measured side by side.
 
 Every run goes to ``<runs>/study/seed<N>/<model>/<folder>`` and is skipped when its
 ``metrics.json`` exists, so an interrupted study continues where it stopped. Chains (one model
-and seed) run in ``--workers`` processes of one thread each, seed by seed; a seed's
-cross-architecture chain comes after its TinyCD chain, whose first run is the student's M_O.
+and seed) run in ``--workers`` processes of one thread each, seed by seed, the
+cross-architecture chains last.
 
     python scripts/study.py                      # the full study (about 1.5 h on 2 cores)
     python scripts/study.py --tiny --seeds 0     # a smoke run of the whole machinery
@@ -380,15 +380,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "teacher_init": args.teacher_init,
         "teacher_steps": 2 if args.tiny else TEACHER_STEPS,
     }
-    chains = [
-        chain
-        for s in args.seeds
-        for chain in (
-            Chain(CROSS[1], s, **options),
-            Chain(MODELS[1], s, **options),
-            Chain(CROSS[1], s, teacher_model=CROSS[0], **options),
-        )
-    ]
+    # Every seed's main chains first, then the cross-architecture ones (each after its seed's
+    # TinyCD chain, whose first run is the student's M_O): a study cut short still has the
+    # main table for every seed.
+    chains = [Chain(model, s, **options) for s in args.seeds for model in (CROSS[1], MODELS[1])]
+    chains += [Chain(CROSS[1], s, teacher_model=CROSS[0], **options) for s in args.seeds]
     started = time.perf_counter()
     with ProcessPoolExecutor(args.workers, max_tasks_per_child=1) as pool:
         for done in pool.map(run_chain, chains):
