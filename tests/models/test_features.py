@@ -86,3 +86,17 @@ def test_a_network_without_a_feature_module_says_so() -> None:
 
     with pytest.raises(TypeError, match="Bare names no feature_module"):
         Bare().forward_features(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("name", ["fc_siam_diff", "tinycd", "changer_b0"])
+def test_features_under_channels_last(name: str) -> None:
+    """The hook captures the same map when the network and inputs are channels-last."""
+    net = build(name)
+    x1, x2 = images(1)
+    with torch.no_grad():
+        features, logits = net.forward_features(x1, x2)
+        net = net.to(memory_format=torch.channels_last)
+        last = [x.contiguous(memory_format=torch.channels_last) for x in (x1, x2)]
+        features_cl, logits_cl = net.forward_features(*last)
+    torch.testing.assert_close(features_cl, features, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits_cl, logits, rtol=1e-4, atol=1e-4)
