@@ -69,6 +69,8 @@ def test_eval_predict_and_score_agree(trained: dict[str, Path]) -> None:
         assert scored["pooled"][key] == pytest.approx(value, abs=1e-9), key
 
 
+# slow: tests/cli/test_hostile_input.py checks the same through cdkd.predict by default
+@pytest.mark.slow
 def test_predict_reports_unreadable_pairs_and_keeps_going(
     trained: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -92,6 +94,8 @@ def test_predict_reports_unreadable_pairs_and_keeps_going(
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0000.png"]
 
 
+# slow: tests/cli/test_hostile_input.py checks another model's weights by default
+@pytest.mark.slow
 def test_eval_with_checkpoint_of_another_model_fails_in_one_line(
     trained: dict[str, Path],
 ) -> None:
