@@ -410,7 +410,10 @@ with open(f"rank{trainer.global_rank}.json", "w") as out:
 """
 
 
-@pytest.mark.parametrize("policy", [pytest.param("skip", marks=pytest.mark.slow), "stop"])
+# Two DDP processes (~25 s each, slow): the single-process nan_policy tests above run by default,
+# and tests/system/test_multigpu.py keeps a two-process DDP run in the default suite.
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["skip", "stop"])
 def test_a_non_finite_loss_on_one_ddp_process_is_decided_by_all(
     tmp_path: Path, policy: str
 ) -> None:
