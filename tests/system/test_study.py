@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,10 @@ SCRIPT = Path(__file__).parents[2] / "scripts" / "study.py"
 def test_the_study_trains_every_recipe_and_tabulates_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = importlib.util.spec_from_file_location("study", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    # Imported by name from scripts/, so that the study's worker processes import it too.
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    monkeypatch.delitem(sys.modules, "study", raising=False)
+    study = importlib.import_module("study")
     monkeypatch.setenv("CDKD_DATA_DIR", str(tmp_path / "data"))
     runs = tmp_path / "runs"
     study.main(["--tiny", "--seeds", "0", "--workers", "1", "--runs", str(runs), "--no-doc"])
@@ -30,7 +31,7 @@ def test_the_study_trains_every_recipe_and_tabulates_them(
         # the selected student is one of the grid's, the best on validation
         picked = study.selected(runs / "seed0" / study.MODELS[0], recipe)
         assert picked is not None and picked[0] in recipe.lambdas
-    text = study.table(runs, [0])
+    text = study.table(runs, [0], ("experiment=study", *study.TINY))
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     results = [row for row in rows if not row.startswith(("| recipe", "| network"))]
     every = sum(len(recipe.lambdas) for recipe in study.RECIPES)
